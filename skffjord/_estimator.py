@@ -1,0 +1,684 @@
+"""FFJORDDensity: the scikit-learn estimator (glue between sklearn and the torch flow)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, DensityMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from ._dynamics import ACTIVATIONS
+from ._flow import EvalConfig, FFJORDFlow, TrainConfig
+from ._ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS
+from ._training import FitConfig, train_flow
+from ._utils import make_generator, resolve_device, spawn_seeds
+
+__all__ = ["FFJORDDensity"]
+
+_FITTED = (
+    "flow_",
+    "n_features_in_",
+    "feature_names_in_",
+    "n_iter_",
+    "history_",
+    "loss_curve_",
+    "validation_scores_",
+    "best_validation_score_",
+    "best_loss_",
+    "device_",
+    "stop_reason_",
+    "_optimizer_state",
+)
+
+_FIXES = (
+    "lower learning_rate_init; set kinetic_energy_reg and jacobian_reg (e.g. 0.01) for "
+    "smoother dynamics; use a fixed-step ode_solver such as 'rk4'; loosen atol/rtol or raise "
+    "max_num_steps; check the data for extreme values or near-duplicate columns"
+)
+
+
+def _reject_non_numeric_columns(X: Any) -> None:
+    """Name the columns of a DataFrame that are not numeric (before numpy conversion)."""
+    dtypes = getattr(X, "dtypes", None)
+    if dtypes is None or not hasattr(dtypes, "items"):
+        return
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    bad = [str(c) for c, dt in dtypes.items() if not (is_numeric_dtype(dt) or is_bool_dtype(dt))]
+    if bad:
+        raise ValueError(
+            f"FFJORDDensity needs numeric features, but column(s) {bad} are not numeric. "
+            "Encode categorical columns first (e.g. OneHotEncoder in a ColumnTransformer)."
+        )
+
+
+def _weighted_standardization(
+    X: np.ndarray, sample_weight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted mean and standard deviation per column; zero spreads become 1."""
+    w = sample_weight / sample_weight.sum()
+    mean = w @ X
+    std = np.sqrt(np.maximum(w @ (X - mean) ** 2, 0.0))
+    std[~(std > 1e-12 * np.maximum(1.0, np.abs(mean)))] = 1.0
+    return mean, std
+
+
+def _to_cpu(obj: Any) -> Any:
+    """Move every tensor of a nested dict/list structure to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+class FFJORDDensity(DensityMixin, BaseEstimator):
+    """Density estimation with an FFJORD continuous normalizing flow.
+
+    The model maps data ``x`` to a standard normal latent ``z(T)`` by integrating
+    ``dz/dt = f(z, t)`` from ``z(0) = x``, where ``f`` is a time-conditioned neural network.
+    The log-density follows the instantaneous change of variables,
+    ``log p(x) = log N(z(T); 0, I) + int_0^T tr(df/dz) dt``. Training maximises the
+    likelihood with Hutchinson's trace estimator; :meth:`score_samples` uses the exact
+    trace and a per-row adaptive solver, so scores are deterministic and do not depend on
+    which rows are scored together.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : tuple of int, default=(64, 64)
+        Widths of the hidden layers of ``f``. A hidden layer narrower than the data is a
+        bottleneck: the Hutchinson probe is then drawn there (lower variance).
+    activation : {'softplus', 'tanh', 'elu', 'swish'}, default='softplus'
+        Smooth non-linearity of ``f``.
+    n_blocks : int, default=1
+        Number of stacked CNF blocks, each with its own network.
+    integration_time : float, default=1.0
+        End time ``T`` of each block.
+    trace_estimator : {'hutchinson', 'exact'}, default='hutchinson'
+        Trace of ``df/dz`` in training: one vector-Jacobian product with a random probe
+        (fixed within each solve), or ``d`` products for the exact trace.
+    hutchinson_noise : {'rademacher', 'gaussian'}, default='rademacher'
+        Distribution of the Hutchinson probe.
+    ode_solver : str, default='dopri5'
+        torchdiffeq method used in training: adaptive ('dopri5', 'dopri8', 'bosh3',
+        'fehlberg2', 'adaptive_heun') or fixed-step ('euler', 'midpoint', 'heun3', 'rk4',
+        'explicit_adams', 'implicit_adams').
+    ode_solver_params : dict, default=None
+        torchdiffeq ``options`` for training solves, e.g. ``{'step_size': 0.1}`` for
+        fixed-step methods (default: ``integration_time / 10``). Copied, never modified.
+    atol, rtol : float, default=1e-5
+        Absolute and relative tolerances of adaptive training solves.
+    max_num_steps : int, default=1000
+        Step cap of adaptive training solves; reaching it stops training with a warning.
+    adjoint : bool, default=False
+        Compute gradients with the adjoint method (memory independent of the number of
+        solver steps) instead of backpropagating through the solver (faster for small
+        states).
+    kinetic_energy_reg, jacobian_reg : float, default=0.0
+        Weights of RNODE's penalties, ``int |f|^2 dt`` and ``int |eps^T df/dz|^2 dt``
+        (the latter reuses the Hutchinson product). They ride along the solve as extra
+        states that are left out of the adaptive error control. With
+        ``jacobian_reg > 0`` the probe is drawn in data space, not in the bottleneck.
+    eval_ode_solver : {'dopri5'} or a fixed-step method, default='dopri5'
+        Solver of :meth:`score_samples` and :meth:`sample`. 'dopri5' runs a Dormand-Prince
+        solver with per-row step-size control; fixed-step methods use torchdiffeq.
+    eval_atol, eval_rtol : float, default=1e-6
+        Tolerances of the evaluation solver (tighter than in training).
+    eval_ode_solver_params : dict, default=None
+        Options of the evaluation solver: ``step_size`` for fixed-step methods,
+        ``max_num_steps`` (default 10000) for 'dopri5'.
+    standardize : bool, default=True
+        Scale each feature to zero mean and unit variance inside the model and add the
+        scaling's log-Jacobian, so scores stay log-densities in the user's units.
+    batch_size : int or 'auto', default='auto'
+        Mini-batch size, ``min(512, n_samples)`` for 'auto'; clipped with a warning when
+        larger than the training set. Also the chunk size when validating.
+    learning_rate_init : float, default=1e-3
+        Adam's step size.
+    alpha : float, default=0.0
+        L2 penalty (Adam's weight decay).
+    max_iter : int, default=100
+        Maximum number of epochs.
+    max_time : float, default=None
+        Wall-clock budget of a fit in seconds, checked after every optimizer step.
+    tol : float, default=1e-4
+        Improvement (in nats per row) below which an epoch counts as no progress.
+    n_iter_no_change : int, default=10
+        Epochs without progress (training loss, or validation score with
+        ``early_stopping``) before training stops.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the data, stop when its log-likelihood stops
+        improving, and restore the best-validation weights at the end.
+    validation_fraction : float, default=0.1
+        Share of the data held out for early stopping.
+    shuffle : bool, default=True
+        Shuffle the rows every epoch.
+    device : str, default='cpu'
+        'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available).
+    random_state : int, RandomState instance or None, default=None
+        Controls weight initialisation, the validation split, mini-batch order and
+        Hutchinson probes. An int makes fits reproducible on the CPU.
+    verbose : int, default=0
+        Show a progress bar with the loss and function evaluations when > 0.
+    warm_start : bool, default=False
+        Continue from the fitted weights, standardisation and optimizer state.
+
+    Attributes
+    ----------
+    flow_ : torch.nn.Module
+        The fitted flow (float64, on ``device_``).
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when X has string column names.
+    n_iter_ : int
+        Number of epochs run.
+    history_ : list of dict
+        One record per epoch: ``epoch``, ``train_loss`` (mean negative log-likelihood in
+        the user's units, with the Hutchinson estimate), ``valid_score`` (mean
+        log-likelihood on the validation set, exact trace, NaN without early stopping),
+        ``nfe`` and ``nfe_backward`` (function evaluations per training solve, forward
+        and in the adjoint's backward pass), ``n_steps`` (optimizer steps) and ``time``
+        (seconds since the fit started).
+    loss_curve_ : list of float
+        ``train_loss`` per epoch.
+    validation_scores_ : list of float or None
+        ``valid_score`` per epoch with ``early_stopping``, else None.
+    best_validation_score_ : float or None
+        Best validation mean log-likelihood (its weights are kept), or None.
+    best_loss_ : float
+        Lowest training loss of an epoch.
+    stop_reason_ : str
+        Why training stopped: 'converged', 'max_iter', 'max_time', 'interrupted',
+        'diverged' or 'solver_failed'.
+    device_ : str
+        The device the model lives on.
+
+    See Also
+    --------
+    sklearn.neighbors.KernelDensity : Kernel density estimation.
+    sklearn.mixture.GaussianMixture : Gaussian mixture density.
+
+    Notes
+    -----
+    :meth:`score` returns the *mean* log-likelihood per row, like GaussianMixture (and
+    unlike KernelDensity, which sums). :meth:`sample` returns an array, like
+    KernelDensity.
+
+    References
+    ----------
+    .. [1] W. Grathwohl, R. T. Q. Chen, J. Bettencourt, I. Sutskever, D. Duvenaud,
+       "FFJORD: Free-form Continuous Dynamics for Scalable Reversible Generative
+       Models", ICLR 2019.
+    .. [2] R. T. Q. Chen, Y. Rubanova, J. Bettencourt, D. Duvenaud, "Neural Ordinary
+       Differential Equations", NeurIPS 2018.
+    .. [3] C. Finlay, J.-H. Jacobsen, L. Nurbekyan, A. Oberman, "How to train your
+       neural ODE: the world of Jacobian and kinetic regularization", ICML 2020.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skffjord import FFJORDDensity
+    >>> X = np.random.default_rng(0).normal(size=(200, 2))
+    >>> model = FFJORDDensity(hidden_layer_sizes=(16,), max_iter=2, random_state=0)
+    >>> model = model.fit(X)
+    >>> model.score_samples(X[:3]).shape
+    (3,)
+    >>> model.sample(5, random_state=0).shape
+    (5, 2)
+    """
+
+    _parameter_constraints: dict = {
+        "hidden_layer_sizes": ["array-like"],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "n_blocks": [Interval(Integral, 1, None, closed="left")],
+        "integration_time": [Interval(Real, 0, None, closed="neither")],
+        "trace_estimator": [StrOptions({"hutchinson", "exact"})],
+        "hutchinson_noise": [StrOptions({"rademacher", "gaussian"})],
+        "ode_solver": [StrOptions(set(ADAPTIVE_METHODS) | set(FIXED_GRID_METHODS))],
+        "ode_solver_params": [dict, None],
+        "atol": [Interval(Real, 0, None, closed="neither")],
+        "rtol": [Interval(Real, 0, None, closed="neither")],
+        "max_num_steps": [Interval(Integral, 1, None, closed="left")],
+        "adjoint": ["boolean"],
+        "kinetic_energy_reg": [Interval(Real, 0, None, closed="left")],
+        "jacobian_reg": [Interval(Real, 0, None, closed="left")],
+        "eval_ode_solver": [StrOptions({"dopri5"} | set(FIXED_GRID_METHODS))],
+        "eval_atol": [Interval(Real, 0, None, closed="neither")],
+        "eval_rtol": [Interval(Real, 0, None, closed="neither")],
+        "eval_ode_solver_params": [dict, None],
+        "standardize": ["boolean"],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "max_time": [Interval(Real, 0, None, closed="neither"), None],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "shuffle": ["boolean"],
+        "device": [str],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        *,
+        hidden_layer_sizes: tuple[int, ...] = (64, 64),
+        activation: str = "softplus",
+        n_blocks: int = 1,
+        integration_time: float = 1.0,
+        trace_estimator: str = "hutchinson",
+        hutchinson_noise: str = "rademacher",
+        ode_solver: str = "dopri5",
+        ode_solver_params: dict | None = None,
+        atol: float = 1e-5,
+        rtol: float = 1e-5,
+        max_num_steps: int = 1000,
+        adjoint: bool = False,
+        kinetic_energy_reg: float = 0.0,
+        jacobian_reg: float = 0.0,
+        eval_ode_solver: str = "dopri5",
+        eval_atol: float = 1e-6,
+        eval_rtol: float = 1e-6,
+        eval_ode_solver_params: dict | None = None,
+        standardize: bool = True,
+        batch_size: int | str = "auto",
+        learning_rate_init: float = 1e-3,
+        alpha: float = 0.0,
+        max_iter: int = 100,
+        max_time: float | None = None,
+        tol: float = 1e-4,
+        n_iter_no_change: int = 10,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        shuffle: bool = True,
+        device: str = "cpu",
+        random_state: int | np.random.RandomState | None = None,
+        verbose: int = 0,
+        warm_start: bool = False,
+    ) -> None:
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.n_blocks = n_blocks
+        self.integration_time = integration_time
+        self.trace_estimator = trace_estimator
+        self.hutchinson_noise = hutchinson_noise
+        self.ode_solver = ode_solver
+        self.ode_solver_params = ode_solver_params
+        self.atol = atol
+        self.rtol = rtol
+        self.max_num_steps = max_num_steps
+        self.adjoint = adjoint
+        self.kinetic_energy_reg = kinetic_energy_reg
+        self.jacobian_reg = jacobian_reg
+        self.eval_ode_solver = eval_ode_solver
+        self.eval_atol = eval_atol
+        self.eval_rtol = eval_rtol
+        self.eval_ode_solver_params = eval_ode_solver_params
+        self.standardize = standardize
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.alpha = alpha
+        self.max_iter = max_iter
+        self.max_time = max_time
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.shuffle = shuffle
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    # ------------------------------------------------------------------ validation
+    def _hidden_sizes(self) -> tuple[int, ...]:
+        sizes = self.hidden_layer_sizes
+        if isinstance(sizes, Integral):
+            sizes = (sizes,)
+        try:
+            sizes = tuple(sizes)
+        except TypeError as err:
+            raise ValueError(
+                f"hidden_layer_sizes must be a tuple of positive ints, got {sizes!r}."
+            ) from err
+        if not all(isinstance(s, Integral) and not isinstance(s, bool) and s > 0 for s in sizes):
+            raise ValueError(
+                f"hidden_layer_sizes must be a tuple of positive ints, got {sizes!r}."
+            )
+        return tuple(int(s) for s in sizes)
+
+    def _train_config(self) -> TrainConfig:
+        return TrainConfig(
+            method=self.ode_solver,
+            atol=float(self.atol),
+            rtol=float(self.rtol),
+            options=copy.deepcopy(self.ode_solver_params),
+            adjoint=bool(self.adjoint),
+            max_num_steps=int(self.max_num_steps),
+            trace_estimator=self.trace_estimator,
+            hutchinson_noise=self.hutchinson_noise,
+            kinetic_energy_reg=float(self.kinetic_energy_reg),
+            jacobian_reg=float(self.jacobian_reg),
+        )
+
+    def _eval_config(self) -> EvalConfig:
+        self._validate_params()
+        options = dict(self.eval_ode_solver_params or {})
+        max_steps = int(options.pop("max_num_steps", 10000))
+        if self.eval_ode_solver == "dopri5" and options:
+            raise ValueError(
+                f"eval_ode_solver_params for 'dopri5' accept only 'max_num_steps', got "
+                f"{sorted(options)}."
+            )
+        return EvalConfig(
+            method=self.eval_ode_solver,
+            atol=float(self.eval_atol),
+            rtol=float(self.eval_rtol),
+            options=options or None,
+            max_num_steps=max_steps,
+        )
+
+    def __sklearn_tags__(self):  # noqa: ANN204
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.input_tags.sparse = False
+        return tags
+
+    # ------------------------------------------------------------------ fitting
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(
+        self, X: Any, y: Any = None, sample_weight: Any = None
+    ) -> FFJORDDensity:
+        """Fit the flow by maximum likelihood.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data (numeric; a pandas DataFrame records ``feature_names_in_``).
+        y : None
+            Ignored; present for API consistency.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative row weights: each row's log-likelihood is weighted in the loss,
+            the standardisation and the validation score.
+
+        Returns
+        -------
+        self : FFJORDDensity
+            The fitted estimator. If training is interrupted (Ctrl-C) or diverges, the
+            best (or last good) weights are kept and a warning says why. If ``fit``
+            raises, the previously fitted model is left untouched.
+        """
+        saved = {k: self.__dict__[k] for k in _FITTED if k in self.__dict__}
+        try:
+            return self._fit(X, sample_weight)
+        except BaseException:
+            for k in _FITTED:
+                self.__dict__.pop(k, None)
+            self.__dict__.update(saved)
+            raise
+
+    def _fit(self, X: Any, sample_weight: Any) -> FFJORDDensity:
+        _reject_non_numeric_columns(X)
+        refit = self.warm_start and hasattr(self, "flow_")
+        old_features = getattr(self, "n_features_in_", None)
+        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=1)
+        n_samples, n_features = X.shape
+        if refit and old_features != n_features:
+            raise ValueError(
+                f"warm_start=True but X has {n_features} features while the fitted model "
+                f"has {old_features}; refit with warm_start=False."
+            )
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        if np.any(sample_weight < 0):
+            raise ValueError("sample_weight must be non-negative.")
+        if not sample_weight.sum() > 0:
+            raise ValueError("sample_weight must have a positive sum.")
+        hidden = self._hidden_sizes()
+        train_cfg = self._train_config()
+        self._eval_config()
+        device = resolve_device(self.device)
+        rs = check_random_state(self.random_state)
+        init_seed, data_seed, probe_seed = spawn_seeds(rs, 3)
+        rng = np.random.default_rng(data_seed)
+
+        # Validation split.
+        train_idx = np.arange(n_samples)
+        val_idx = np.arange(0)
+        if self.early_stopping:
+            n_val = max(1, int(round(self.validation_fraction * n_samples)))
+            if n_samples - n_val < 1:
+                raise ValueError(
+                    f"early_stopping needs at least 2 samples; got n_samples={n_samples}."
+                )
+            perm = rng.permutation(n_samples)
+            val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+
+        # Model and standardisation.
+        if refit:
+            flow = copy.deepcopy(self.flow_).to(device=device, dtype=torch.float32)
+            loc = self.flow_.loc.cpu().numpy()
+            scale = self.flow_.scale.cpu().numpy()
+        else:
+            if self.standardize:
+                loc, scale = _weighted_standardization(
+                    X[train_idx], sample_weight[train_idx]
+                )
+            else:
+                loc, scale = np.zeros(n_features), np.ones(n_features)
+            init_gen = torch.Generator().manual_seed(init_seed)
+            flow = FFJORDFlow(
+                n_features,
+                hidden,
+                self.activation,
+                int(self.n_blocks),
+                float(self.integration_time),
+                torch.as_tensor(loc, dtype=torch.float64),
+                torch.as_tensor(scale, dtype=torch.float64),
+                generator=init_gen,
+            ).to(device=device, dtype=torch.float32)
+        log_det = float(-np.log(scale).sum())
+
+        batch_size = min(512, len(train_idx)) if self.batch_size == "auto" else self.batch_size
+        if batch_size > len(train_idx):
+            warnings.warn(
+                f"Got batch_size={batch_size} larger than the {len(train_idx)} training rows; "
+                "it is clipped.",
+                UserWarning,
+                stacklevel=3,
+            )
+            batch_size = len(train_idx)
+
+        U = (X - loc) / scale
+
+        def as_tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a, dtype=torch.float32, device=device)
+
+        fit_cfg = FitConfig(
+            batch_size=int(batch_size),
+            learning_rate_init=float(self.learning_rate_init),
+            alpha=float(self.alpha),
+            max_iter=int(self.max_iter),
+            max_time=None if self.max_time is None else float(self.max_time),
+            tol=float(self.tol),
+            n_iter_no_change=int(self.n_iter_no_change),
+            shuffle=bool(self.shuffle),
+            solver=train_cfg,
+            validation_chunk=max(int(batch_size), 1024),
+            verbose=int(self.verbose),
+        )
+        result = train_flow(
+            flow,
+            as_tensor(U[train_idx]),
+            as_tensor(sample_weight[train_idx]),
+            as_tensor(U[val_idx]) if self.early_stopping else None,
+            as_tensor(sample_weight[val_idx]) if self.early_stopping else None,
+            fit_cfg,
+            rng=rng,
+            generator=make_generator(probe_seed, device),
+            log_det_offset=log_det,
+            optimizer_state=(
+                self.__dict__.get("_optimizer_state") if refit else None
+            ),
+        )
+
+        # Commit the fitted state only now (a failure above leaves the old model).
+        flow.eval()
+        self.flow_ = flow.to(dtype=torch.float64)
+        self.device_ = str(device)
+        self.history_ = result.history
+        self.n_iter_ = result.n_iter
+        self.loss_curve_ = [h["train_loss"] for h in result.history]
+        self.validation_scores_ = (
+            [h["valid_score"] for h in result.history] if self.early_stopping else None
+        )
+        self.best_validation_score_ = result.best_validation_score
+        self.best_loss_ = result.best_loss
+        self.stop_reason_ = result.stop_reason
+        self._optimizer_state = (
+            _to_cpu(result.optimizer_state) if self.warm_start else None
+        )
+        self._warn_stop(result.stop_reason, result.message)
+        return self
+
+    def _warn_stop(self, reason: str, message: str | None) -> None:
+        if reason in ("diverged", "solver_failed"):
+            warnings.warn(
+                f"Training stopped after {self.n_iter_} complete epoch(s): {message}. The "
+                f"model keeps the last good weights. To avoid this: {_FIXES}.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        elif reason == "interrupted":
+            warnings.warn(
+                "Training interrupted by the user; the model keeps the best weights so far.",
+                UserWarning,
+                stacklevel=3,
+            )
+        elif reason == "max_iter":
+            warnings.warn(
+                f"Maximum iterations ({self.max_iter}) reached and the optimization hasn't "
+                "converged yet.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------------ inference
+    def _chunk_rows(self) -> int:
+        d = self.n_features_in_
+        width = d + sum(self._hidden_sizes())
+        row_bytes = 8 * (d + 1) * width * 16
+        budget = 256 * 2**20
+        return int(max(64, min(8192, budget // max(row_bytes, 1))))
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Log-density of each row, in natural-log units of the user's data.
+
+        Computed with the exact trace and a per-row adaptive solver, in float64 and in
+        chunks, so a row's score is deterministic and does not depend on the other rows.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            ``log p(x)`` per row.
+        """
+        check_is_fitted(self)
+        _reject_non_numeric_columns(X)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        config = self._eval_config()
+        flow = self.flow_
+        device = next(iter(flow.buffers())).device
+        out = np.empty(X.shape[0], dtype=np.float64)
+        chunk = self._chunk_rows()
+        for start in range(0, X.shape[0], chunk):
+            x = torch.as_tensor(X[start : start + chunk], dtype=torch.float64, device=device)
+            out[start : start + chunk] = flow.log_prob(x, config).cpu().numpy()
+        return out
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean log-likelihood per row (like GaussianMixture; KernelDensity sums).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        float
+        """
+        return float(np.mean(self.score_samples(X)))
+
+    def sample(self, n_samples: int = 1, random_state: Any = None) -> np.ndarray:
+        """Draw samples by integrating base noise backwards through the flow.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+        random_state : int, RandomState instance or None, default=None
+            Seed of the base noise (None: numpy's global random state).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features)
+            Samples in the user's units.
+        """
+        check_is_fitted(self)
+        if not isinstance(n_samples, Integral) or isinstance(n_samples, bool) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        rng = check_random_state(random_state)
+        z = rng.standard_normal((int(n_samples), self.n_features_in_))
+        return self._to_data(z)
+
+    def _to_data(self, z: np.ndarray) -> np.ndarray:
+        config = self._eval_config()
+        device = next(iter(self.flow_.buffers())).device
+        out = np.empty_like(z)
+        chunk = self._chunk_rows()
+        for start in range(0, z.shape[0], chunk):
+            zt = torch.as_tensor(z[start : start + chunk], dtype=torch.float64, device=device)
+            out[start : start + chunk] = self.flow_.to_data(zt, config).cpu().numpy()
+        return out
+
+    def _to_latent(self, X: np.ndarray) -> np.ndarray:
+        config = self._eval_config()
+        device = next(iter(self.flow_.buffers())).device
+        x = torch.as_tensor(np.asarray(X, dtype=np.float64), device=device)
+        return self.flow_.to_latent(x, config).cpu().numpy()
+
+    # ------------------------------------------------------------------ persistence
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        if "flow_" in state:
+            state = dict(state)
+            state["flow_"] = copy.deepcopy(state["flow_"]).cpu()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "flow_" in self.__dict__:
+            device = resolve_device(self.__dict__.get("device_", "cpu"), fallback=True)
+            self.flow_ = self.flow_.to(device)
+            self.device_ = str(device)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return "flow_" in self.__dict__

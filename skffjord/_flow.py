@@ -1,0 +1,363 @@
+"""The continuous normalizing flow: stacked CNF blocks over a standard normal base."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ._divergence import (
+    bottleneck_hutchinson_trace,
+    exact_trace,
+    hutchinson_trace,
+    sample_probe,
+)
+from ._dynamics import VectorField
+from ._ode import FIXED_GRID_METHODS, integrate, integrate_rowwise
+
+__all__ = [
+    "CNFBlock",
+    "EvalConfig",
+    "FFJORDFlow",
+    "TrainConfig",
+    "standard_normal_log_prob",
+]
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """Log-density of ``N(0, I)`` at each row of ``z``, shape ``(batch,)``."""
+    d = z.shape[-1]
+    return -0.5 * z.pow(2).sum(-1) - 0.5 * d * math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a training solve is done (torchdiffeq, Hutchinson or exact trace)."""
+
+    method: str = "dopri5"
+    atol: float = 1e-5
+    rtol: float = 1e-5
+    options: dict | None = None
+    adjoint: bool = False
+    max_num_steps: int = 1000
+    trace_estimator: str = "hutchinson"
+    hutchinson_noise: str = "rademacher"
+    kinetic_energy_reg: float = 0.0
+    jacobian_reg: float = 0.0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a scoring or sampling solve is done (exact trace, rows independent)."""
+
+    method: str = "dopri5"
+    atol: float = 1e-6
+    rtol: float = 1e-6
+    options: dict | None = field(default=None)
+    max_num_steps: int = 10000
+
+
+def _requires_grad(z: Tensor) -> Tensor:
+    return z if z.requires_grad else z.detach().requires_grad_(True)
+
+
+class _TrainingDynamics(nn.Module):
+    """Augmented dynamics of one training solve: ``(z, int tr, [int |f|^2, int |e^T J|^2])``.
+
+    A fresh instance is made for every solve, so the Hutchinson probe held here is fixed
+    across that solve's function evaluations and no state outlives the solve.
+    """
+
+    def __init__(
+        self, field: VectorField, probe: Tensor | None, *, bottleneck: bool, regularize: bool
+    ) -> None:
+        super().__init__()
+        self.field = field
+        self.probe = probe
+        self.bottleneck = bottleneck
+        self.regularize = regularize
+        self.nfe = 0
+
+    def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        self.nfe += 1
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            z = _requires_grad(state[0])
+            vjp = None
+            if self.probe is None:
+                f = self.field(t, z)
+                div = exact_trace(f, z, create_graph=create_graph)
+            elif self.bottleneck:
+                f, a = self.field.forward_with_bottleneck(t, z)
+                div = bottleneck_hutchinson_trace(f, a, z, self.probe, create_graph=create_graph)
+            else:
+                f = self.field(t, z)
+                div, vjp = hutchinson_trace(f, z, self.probe, create_graph=create_graph)
+        if not create_graph:
+            f, div = f.detach(), div.detach()
+        out = (f, div)
+        if self.regularize:
+            kinetic = f.pow(2).sum(-1)
+            frobenius = vjp.pow(2).sum(-1) if vjp is not None else torch.zeros_like(kinetic)
+            out = (*out, kinetic, frobenius)
+        return out
+
+
+class _ExactDynamics(nn.Module):
+    """Dynamics ``(z, int tr)`` with the exact trace, for scoring without gradients."""
+
+    def __init__(self, field: VectorField) -> None:
+        super().__init__()
+        self.field = field
+        self.nfe = 0
+
+    def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        self.nfe += 1
+        with torch.enable_grad():
+            z = _requires_grad(state[0])
+            f = self.field(t, z)
+            div = exact_trace(f, z, create_graph=False)
+        return f.detach(), div.detach()
+
+
+def _error_norm(state: tuple[Tensor, ...]) -> Tensor:
+    """RMS error norm over ``z`` and the log-density only: regularisers are not controlled."""
+    return torch.stack([s.pow(2).mean().sqrt() for s in state[:2]]).max()
+
+
+class CNFBlock(nn.Module):
+    """One CNF block: ``dz/dt = f(z, t)`` integrated over ``[0, T]``.
+
+    Parameters
+    ----------
+    n_features : int
+    hidden_layer_sizes : tuple of int
+    activation : str
+    integration_time : float
+        End time ``T``.
+    generator : torch.Generator or None
+        Source of the initial weights.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        hidden_layer_sizes: tuple[int, ...],
+        activation: str,
+        integration_time: float,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.field = VectorField(n_features, hidden_layer_sizes, activation, generator=generator)
+        self.integration_time = float(integration_time)
+
+    def forward_train(
+        self, z: Tensor, config: TrainConfig, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor, _TrainingDynamics]:
+        """Integrate data to latent for training.
+
+        Returns ``(z_T, int tr dt, regulariser, dynamics)``; the log-density of the input
+        is ``log p(z_T) + int tr dt`` (instantaneous change of variables), and
+        ``dynamics.nfe`` counts the function evaluations of this solve (the adjoint's
+        backward evaluations are added when ``backward`` runs).
+        """
+        regularize = config.kinetic_energy_reg > 0 or config.jacobian_reg > 0
+        probe = None
+        bottleneck = False
+        if config.trace_estimator == "hutchinson":
+            k = z.shape[1]
+            if self.field.bottleneck_index is not None and config.jacobian_reg == 0:
+                bottleneck = True
+                k = self.field.layers[self.field.bottleneck_index].linear.out_features
+            probe = sample_probe(
+                (z.shape[0], k),
+                kind=config.hutchinson_noise,
+                generator=generator,
+                dtype=z.dtype,
+                device=z.device,
+            )
+        dynamics = _TrainingDynamics(
+            self.field, probe, bottleneck=bottleneck, regularize=regularize
+        )
+        zeros = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+        state: tuple[Tensor, ...] = (z, zeros)
+        if regularize:
+            state = (z, zeros, zeros.clone(), zeros.clone())
+        options = dict(config.options or {})
+        if regularize and config.method not in FIXED_GRID_METHODS:
+            options.setdefault("norm", _error_norm)
+        out = integrate(
+            dynamics,
+            state,
+            0.0,
+            self.integration_time,
+            method=config.method,
+            atol=config.atol,
+            rtol=config.rtol,
+            options=options,
+            adjoint=config.adjoint,
+            max_num_steps=config.max_num_steps,
+        )
+        reg = zeros
+        if regularize:
+            reg = config.kinetic_energy_reg * out[2] + config.jacobian_reg * out[3]
+        return out[0], out[1], reg, dynamics
+
+    def _rowwise_field(self, with_trace: bool) -> Callable[[Tensor, Tensor], Tensor]:
+        """``func(t, y)`` for :func:`integrate_rowwise`; ``y = [z, log-det]`` with the trace."""
+
+        def field_only(t: Tensor, z: Tensor) -> Tensor:
+            return self.field(t, z)
+
+        def field_and_trace(t: Tensor, y: Tensor) -> Tensor:
+            with torch.enable_grad():
+                z = y[:, :-1].detach().requires_grad_(True)
+                f = self.field(t, z)
+                div = exact_trace(f, z, create_graph=False)
+            return torch.cat([f.detach(), div.detach().unsqueeze(1)], dim=1)
+
+        return field_and_trace if with_trace else field_only
+
+    def forward_exact(self, z: Tensor, config: EvalConfig) -> tuple[Tensor, Tensor, int]:
+        """Data to latent with the exact trace: ``(z_T, int tr dt, nfe)``; rows independent."""
+        T = self.integration_time
+        if config.method in FIXED_GRID_METHODS:
+            dynamics = _ExactDynamics(self.field)
+            zeros = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+            with torch.no_grad():
+                zT, div = integrate(
+                    dynamics, (z, zeros), 0.0, T, method=config.method,
+                    atol=config.atol, rtol=config.rtol, options=config.options,
+                )
+            return zT, div, dynamics.nfe
+        y0 = torch.cat([z, torch.zeros_like(z[:, :1])], dim=1)
+        with torch.no_grad():
+            y1, nfe = integrate_rowwise(
+                self._rowwise_field(True), y0, 0.0, T,
+                atol=config.atol, rtol=config.rtol, max_num_steps=config.max_num_steps,
+            )
+        return y1[:, :-1], y1[:, -1], nfe
+
+    def transport(self, z: Tensor, config: EvalConfig, *, inverse: bool) -> Tensor:
+        """Map data to latent (``inverse=False``) or latent to data, without the trace."""
+        t0, t1 = (self.integration_time, 0.0) if inverse else (0.0, self.integration_time)
+        with torch.no_grad():
+            if config.method in FIXED_GRID_METHODS:
+                return integrate(
+                    _FieldOnly(self.field), (z,), t0, t1, method=config.method,
+                    atol=config.atol, rtol=config.rtol, options=config.options,
+                )[0]
+            return integrate_rowwise(
+                self._rowwise_field(False), z, t0, t1,
+                atol=config.atol, rtol=config.rtol, max_num_steps=config.max_num_steps,
+            )[0]
+
+
+class _FieldOnly(nn.Module):
+    def __init__(self, field: VectorField) -> None:
+        super().__init__()
+        self.field = field
+
+    def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor]:
+        return (self.field(t, state[0]),)
+
+
+class FFJORDFlow(nn.Module):
+    """Stacked CNF blocks over a standard normal base, with an affine standardisation.
+
+    The density of ``x`` (in the user's units) is that of ``u = (x - loc) / scale`` under
+    the flow, times ``prod(1 / scale)``.
+
+    Parameters
+    ----------
+    n_features : int
+    hidden_layer_sizes : tuple of int
+    activation : str
+    n_blocks : int
+    integration_time : float
+    loc, scale : Tensor of shape (n_features,)
+        Standardisation (zeros and ones to switch it off).
+    generator : torch.Generator or None
+        Source of the initial weights.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        hidden_layer_sizes: tuple[int, ...],
+        activation: str,
+        n_blocks: int,
+        integration_time: float,
+        loc: Tensor,
+        scale: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.n_features = n_features
+        self.blocks = nn.ModuleList(
+            CNFBlock(
+                n_features, hidden_layer_sizes, activation, integration_time, generator=generator
+            )
+            for _ in range(n_blocks)
+        )
+        self.register_buffer("loc", loc.clone())
+        self.register_buffer("scale", scale.clone())
+
+    def standardize(self, x: Tensor) -> Tensor:
+        """``(x - loc) / scale``."""
+        return (x - self.loc) / self.scale
+
+    def unstandardize(self, u: Tensor) -> Tensor:
+        """``u * scale + loc``."""
+        return u * self.scale + self.loc
+
+    def log_abs_det_standardize(self) -> Tensor:
+        """``log |det d u / d x| = -sum(log scale)``."""
+        return -torch.log(self.scale).sum()
+
+    def train_log_prob(
+        self, u: Tensor, config: TrainConfig, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, list[_TrainingDynamics]]:
+        """Log-density of *standardised* rows ``u`` as used in training.
+
+        Returns ``(log p(u), regulariser, dynamics)``: the first two of shape
+        ``(batch,)``, and one dynamics object per block whose ``nfe`` counts its function
+        evaluations.
+        """
+        z = u
+        total_div = torch.zeros(u.shape[0], dtype=u.dtype, device=u.device)
+        reg = total_div
+        dynamics = []
+        for block in self.blocks:
+            z, div, r, dyn = block.forward_train(z, config, generator)
+            total_div = total_div + div
+            reg = reg + r
+            dynamics.append(dyn)
+        return standard_normal_log_prob(z) + total_div, reg, dynamics
+
+    def log_prob(self, x: Tensor, config: EvalConfig) -> Tensor:
+        """Exact log-density of rows ``x`` in the user's units, shape ``(batch,)``."""
+        z = self.standardize(x)
+        total_div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for block in self.blocks:
+            z, div, _ = block.forward_exact(z, config)
+            total_div = total_div + div
+        return standard_normal_log_prob(z) + total_div + self.log_abs_det_standardize()
+
+    def to_latent(self, x: Tensor, config: EvalConfig) -> Tensor:
+        """Map data rows (user's units) to the base space."""
+        z = self.standardize(x)
+        for block in self.blocks:
+            z = block.transport(z, config, inverse=False)
+        return z
+
+    def to_data(self, z: Tensor, config: EvalConfig) -> Tensor:
+        """Map base-space rows to data rows (user's units) by integrating backwards."""
+        for block in reversed(self.blocks):
+            z = block.transport(z, config, inverse=True)
+        return self.unstandardize(z)

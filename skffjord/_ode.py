@@ -1,0 +1,260 @@
+"""ODE integration: the one entry point to torchdiffeq, and a per-row adaptive solver."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torchdiffeq import odeint, odeint_adjoint
+
+__all__ = [
+    "ADAPTIVE_METHODS",
+    "FIXED_GRID_METHODS",
+    "SolverError",
+    "integrate",
+    "integrate_rowwise",
+]
+
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED_GRID_METHODS = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams")
+
+#: Number of fixed steps over [0, T] when a fixed-grid method is given no step size.
+DEFAULT_FIXED_STEPS = 10
+
+
+class SolverError(RuntimeError):
+    """The ODE solver could not finish (step size underflow, step cap, non-finite state)."""
+
+
+def _solver_options(
+    method: str, t_span: float, options: dict | None, max_num_steps: int
+) -> dict:
+    """Copy the user's options and add our defaults (never mutate the caller's dict)."""
+    opts = dict(options or {})
+    if method in ADAPTIVE_METHODS:
+        opts.setdefault("max_num_steps", max_num_steps)
+    elif method in FIXED_GRID_METHODS and "step_size" not in opts and "grid_constructor" not in opts:
+        opts["step_size"] = abs(t_span) / DEFAULT_FIXED_STEPS
+    return opts
+
+
+def _raise_solver_error(err: AssertionError) -> SolverError:
+    text = str(err)
+    if "underflow" in text:
+        what = "the adaptive step size underflowed (the dynamics became stiff)"
+    elif "max_num_steps" in text:
+        what = "the adaptive solver reached its step cap (max_num_steps)"
+    elif "non-finite" in text:
+        what = "the ODE state became non-finite (NaN or inf)"
+    else:
+        what = f"the ODE solver failed ({text[:200]})"
+    return SolverError(what)
+
+
+def integrate(
+    func: nn.Module,
+    state: tuple[Tensor, ...],
+    t0: float,
+    t1: float,
+    *,
+    method: str,
+    atol: float | list[float],
+    rtol: float | list[float],
+    options: dict | None = None,
+    adjoint: bool = False,
+    max_num_steps: int = 1000,
+) -> tuple[Tensor, ...]:
+    """Integrate ``d state / dt = func(t, state)`` from ``t0`` to ``t1`` with torchdiffeq.
+
+    Parameters
+    ----------
+    func : nn.Module
+        ``func(t, state) -> tuple of derivatives``; holds every trainable tensor so that
+        the adjoint method finds them.
+    state : tuple of Tensor
+        Initial state.
+    t0, t1 : float
+        Integration interval (``t1 < t0`` integrates backwards).
+    method : str
+        A torchdiffeq method name.
+    atol, rtol : float or list of float
+        Tolerances of adaptive methods (one per state tensor when lists).
+    options : dict or None
+        torchdiffeq ``options``; copied, never modified.
+    adjoint : bool
+        Gradients by the adjoint method (constant memory) instead of backprop.
+    max_num_steps : int
+        Step cap of adaptive methods.
+
+    Returns
+    -------
+    tuple of Tensor
+        The state at ``t1``.
+
+    Raises
+    ------
+    SolverError
+        When the step size underflows, the step cap is hit or the state turns non-finite.
+    """
+    ref = state[0]
+    t = torch.tensor([t0, t1], dtype=ref.dtype, device=ref.device)
+    opts = _solver_options(method, t1 - t0, options, max_num_steps)
+    if isinstance(atol, list):
+        atol = tuple(atol)
+    if isinstance(rtol, list):
+        rtol = tuple(rtol)
+    solve = odeint_adjoint if adjoint else odeint
+    kwargs = {}
+    if adjoint:
+        kwargs["adjoint_params"] = tuple(p for p in func.parameters() if p.requires_grad)
+    try:
+        out = solve(func, state, t, method=method, atol=atol, rtol=rtol, options=opts, **kwargs)
+    except AssertionError as err:
+        raise _raise_solver_error(err) from err
+    return tuple(s[-1] for s in out)
+
+
+# Dormand-Prince 5(4) tableau.
+_DP_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+_DP_A = (
+    (),
+    (1 / 5,),
+    (3 / 40, 9 / 40),
+    (44 / 45, -56 / 15, 32 / 9),
+    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+)
+_DP_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
+_DP_B_LOW = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
+_DP_E = tuple(b - bl for b, bl in zip(_DP_B, _DP_B_LOW, strict=True))
+
+
+def _rms(x: Tensor) -> Tensor:
+    return x.pow(2).mean(dim=-1).sqrt()
+
+
+def integrate_rowwise(
+    func: Callable[[Tensor, Tensor], Tensor],
+    y0: Tensor,
+    t0: float,
+    t1: float,
+    *,
+    atol: float,
+    rtol: float,
+    max_num_steps: int = 10000,
+    safety: float = 0.9,
+) -> tuple[Tensor, int]:
+    """Dormand-Prince 5(4) with a step size of its own for every row.
+
+    Adaptive solvers for batched states usually share one step size across the whole
+    batch, so a row's result depends on its batch-mates. Here each row is an independent
+    initial value problem: it keeps its own time, step size and error control, so its
+    result does not depend on which other rows are solved with it.
+
+    Parameters
+    ----------
+    func : callable
+        ``func(t, y) -> dy/dt`` with ``t`` of shape ``(batch, 1)`` and ``y`` of shape
+        ``(batch, m)``; rows must not interact.
+    y0 : Tensor of shape (batch, m)
+    t0, t1 : float
+        Interval; ``t1 < t0`` integrates backwards.
+    atol, rtol : float
+        Per-row error control on the RMS norm of the scaled local error estimate.
+    max_num_steps : int
+        Cap on the attempted steps of any row.
+    safety : float
+        Step-size safety factor.
+
+    Returns
+    -------
+    y1 : Tensor of shape (batch, m)
+    nfe : int
+        Number of batched function evaluations.
+
+    Raises
+    ------
+    SolverError
+        When a row needs more than ``max_num_steps`` steps or its state turns non-finite.
+    """
+    n = y0.shape[0]
+    dtype, device = y0.dtype, y0.device
+    span = t1 - t0
+    direction = 1.0 if span >= 0 else -1.0
+    length = abs(span)
+    y1 = y0.clone()
+    if n == 0 or length == 0:
+        return y1, 0
+
+    # Times are measured as elapsed |t - t0| in float64.
+    tau = torch.zeros(n, dtype=torch.float64, device=device)
+    y = y0.clone()
+
+    def f(elapsed: Tensor, state: Tensor) -> Tensor:
+        t = (t0 + direction * elapsed).to(dtype).unsqueeze(1)
+        return func(t, state) * direction
+
+    k1 = f(tau, y)
+    nfe = 1
+    # Initial step (Hairer, Norsett & Wanner, II.4), per row.
+    scale = atol + rtol * y.abs()
+    d0 = _rms(y / scale)
+    d1 = _rms(k1 / scale)
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+    h = torch.clamp(h0.to(torch.float64), max=length)
+    y_e = y + h.to(dtype).unsqueeze(1) * k1
+    k_e = f(tau + h, y_e)
+    nfe += 1
+    d2 = _rms((k_e - k1) / scale) / h.to(dtype)
+    big = torch.maximum(d1, d2)
+    h1 = torch.where(big <= 1e-15, torch.maximum(h * 1e-3, torch.full_like(h, 1e-6)),
+                     (0.01 / big.clamp_min(1e-300)).to(torch.float64) ** (1 / 5))
+    h = torch.minimum(torch.minimum(100 * h, h1.to(torch.float64)), torch.full_like(h, length))
+
+    active = torch.arange(n, device=device)
+    steps = torch.zeros(n, dtype=torch.int64, device=device)
+    while active.numel() > 0:
+        if int(steps.max()) >= max_num_steps:
+            raise SolverError(
+                f"the per-row solver reached its step cap ({max_num_steps} steps)"
+            )
+        h = torch.minimum(h, length - tau)
+        hd = h.to(dtype).unsqueeze(1)
+        ks = [k1]
+        for i in range(1, 7):
+            yi = y + hd * sum(a * k for a, k in zip(_DP_A[i], ks, strict=False) if a != 0.0)
+            ks.append(f(tau + _DP_C[i] * h, yi))
+        nfe += 6
+        y_new = y + hd * sum(b * k for b, k in zip(_DP_B, ks, strict=True) if b != 0.0)
+        err = hd * sum(e * k for e, k in zip(_DP_E, ks, strict=True) if e != 0.0)
+        tol = atol + rtol * torch.maximum(y.abs(), y_new.abs())
+        ratio = _rms(err / tol).to(torch.float64)
+        if not torch.isfinite(y_new).all():
+            bad = ~torch.isfinite(y_new).all(dim=1)
+            if bool((ratio[bad] <= 1).any()) or bool((h[bad] < 1e-12 * length).any()):
+                raise SolverError("the ODE state became non-finite (NaN or inf)")
+            ratio = torch.where(bad, torch.full_like(ratio, 1e10), ratio)
+        accept = ratio <= 1.0
+        steps += 1
+        factor = torch.where(
+            ratio == 0,
+            torch.full_like(ratio, 10.0),
+            safety * ratio.clamp_min(1e-300) ** (-1 / 5),
+        ).clamp(0.2, 10.0)
+        if (~accept).any() and bool((h[~accept] * 0.2 <= 1e-14 * length).any()):
+            raise SolverError("the adaptive step size underflowed (the dynamics became stiff)")
+        tau = torch.where(accept, tau + h, tau)
+        acc = accept.unsqueeze(1)
+        y = torch.where(acc, y_new, y)
+        k1 = torch.where(acc, ks[6], k1)  # first same as last
+        h = h * factor
+        done = accept & (tau >= length * (1 - 1e-12))
+        if done.any():
+            y1[active[done]] = y[done]
+            keep = ~done
+            active, tau, y, k1, h, steps = (
+                active[keep], tau[keep], y[keep], k1[keep], h[keep], steps[keep]
+            )
+    return y1, nfe

@@ -1,0 +1,245 @@
+"""The maximum-likelihood training loop (knows nothing of scikit-learn)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._flow import FFJORDFlow, TrainConfig
+from ._ode import SolverError
+
+__all__ = ["FitConfig", "TrainingFailure", "TrainingResult", "train_flow"]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Optimisation settings of one fit."""
+
+    batch_size: int
+    learning_rate_init: float
+    alpha: float
+    max_iter: int
+    max_time: float | None
+    tol: float
+    n_iter_no_change: int
+    shuffle: bool
+    solver: TrainConfig
+    validation_chunk: int = 4096
+    verbose: int = 0
+
+
+@dataclass
+class TrainingResult:
+    """What training produced; the flow's weights are set in place."""
+
+    history: list[dict] = field(default_factory=list)
+    n_iter: int = 0
+    best_validation_score: float | None = None
+    best_loss: float = math.inf
+    stop_reason: str = "max_iter"
+    message: str | None = None
+    optimizer_state: dict | None = None
+
+
+class TrainingFailure(Exception):
+    """Internal signal: the loss or the weights turned non-finite."""
+
+
+def _snapshot(flow: FFJORDFlow) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in flow.state_dict().items()}
+
+
+def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
+    return (values * weights).sum() / weights.sum()
+
+
+@torch.no_grad()
+def validation_score(
+    flow: FFJORDFlow, u: Tensor, w: Tensor, config: TrainConfig, chunk: int
+) -> float:
+    """Weighted mean log-likelihood of standardised rows, exact trace, training solver."""
+    exact = TrainConfig(
+        method=config.method,
+        atol=config.atol,
+        rtol=config.rtol,
+        options=config.options,
+        adjoint=False,
+        max_num_steps=config.max_num_steps,
+        trace_estimator="exact",
+    )
+    total = 0.0
+    for start in range(0, u.shape[0], chunk):
+        logp, _, _ = flow.train_log_prob(u[start : start + chunk], exact, None)
+        total += float((logp * w[start : start + chunk]).sum())
+    return total / float(w.sum())
+
+
+def train_flow(
+    flow: FFJORDFlow,
+    u_train: Tensor,
+    w_train: Tensor,
+    u_val: Tensor | None,
+    w_val: Tensor | None,
+    config: FitConfig,
+    *,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+    log_det_offset: float = 0.0,
+    optimizer_state: dict | None = None,
+) -> TrainingResult:
+    """Fit ``flow`` by maximum likelihood with Adam, in place.
+
+    Parameters
+    ----------
+    flow : FFJORDFlow
+        Trained in place; at return it holds the weights chosen (best validation weights
+        with a validation set, else the last good ones).
+    u_train, w_train : Tensor
+        Standardised training rows and their weights.
+    u_val, w_val : Tensor or None
+        Validation rows and weights (early stopping), or ``None``.
+    config : FitConfig
+    rng : numpy Generator
+        Order of the mini-batches.
+    generator : torch.Generator
+        Hutchinson probes.
+    log_det_offset : float
+        Constant added to log-likelihoods so that reported losses and scores are in the
+        user's units (the standardisation's log-Jacobian).
+    optimizer_state : dict or None
+        Adam state to resume from (``warm_start``).
+
+    Returns
+    -------
+    TrainingResult
+        ``stop_reason`` is one of ``'converged'``, ``'max_iter'``, ``'max_time'``,
+        ``'interrupted'``, ``'diverged'`` or ``'solver_failed'``.
+    """
+    params = [p for p in flow.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(
+        params, lr=config.learning_rate_init, weight_decay=config.alpha
+    )
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    result = TrainingResult()
+    n = u_train.shape[0]
+    batch_size = min(config.batch_size, n)
+    use_validation = u_val is not None and u_val.shape[0] > 0
+    last_good = _snapshot(flow)
+    best_state = last_good
+    best_score = -math.inf
+    no_improve = 0
+    start = time.perf_counter()
+    progress = None
+    if config.verbose:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=config.max_iter, desc="FFJORD fit", unit="epoch")
+
+    try:
+        for epoch in range(config.max_iter):
+            order = rng.permutation(n) if config.shuffle else np.arange(n)
+            order_t = torch.as_tensor(order, device=u_train.device)
+            loss_sum = weight_sum = 0.0
+            nfe_sum = nfe_back_sum = n_batches = 0
+            time_up = False
+            for b in range(0, n, batch_size):
+                idx = order_t[b : b + batch_size]
+                ub, wb = u_train[idx], w_train[idx]
+                if float(wb.sum()) <= 0:
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+                logp, reg, dynamics = flow.train_log_prob(ub, config.solver, generator)
+                nll = -_weighted_mean(logp, wb)
+                loss = nll + _weighted_mean(reg, wb)
+                if not torch.isfinite(loss):
+                    raise TrainingFailure("the training loss became NaN or infinite")
+                nfe_forward = sum(d.nfe for d in dynamics)
+                loss.backward()
+                # the adjoint re-evaluates the field backwards; backprop does not.
+                nfe_back = sum(d.nfe for d in dynamics) - nfe_forward
+                if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
+                    raise TrainingFailure("the gradients became NaN or infinite")
+                last_good = _snapshot(flow)
+                optimizer.step()
+                batch_w = float(wb.sum())
+                loss_sum += nll.item() * batch_w
+                weight_sum += batch_w
+                nfe_sum += nfe_forward
+                nfe_back_sum += nfe_back
+                n_batches += 1
+                if config.max_time is not None and time.perf_counter() - start > config.max_time:
+                    time_up = True
+                    break
+            if not all(torch.isfinite(p).all() for p in params):
+                raise TrainingFailure("the weights became NaN or infinite")
+            last_good = _snapshot(flow)
+            train_loss = loss_sum / max(weight_sum, 1e-300) - log_det_offset
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "valid_score": math.nan,
+                "nfe": nfe_sum / max(n_batches, 1),
+                "nfe_backward": nfe_back_sum / max(n_batches, 1),
+                "n_steps": n_batches,
+                "time": time.perf_counter() - start,
+            }
+            result.n_iter = epoch + 1
+            if use_validation:
+                score = (
+                    validation_score(flow, u_val, w_val, config.solver, config.validation_chunk)
+                    + log_det_offset
+                )
+                record["valid_score"] = score
+                if score > best_score + config.tol:
+                    no_improve = 0
+                else:
+                    no_improve += 1
+                if score > best_score:
+                    best_score = score
+                    best_state = _snapshot(flow)
+            else:
+                if train_loss < result.best_loss - config.tol:
+                    no_improve = 0
+                else:
+                    no_improve += 1
+            result.best_loss = min(result.best_loss, train_loss)
+            record["time"] = time.perf_counter() - start
+            result.history.append(record)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(
+                    loss=f"{train_loss:.4f}",
+                    valid=f"{record['valid_score']:.4f}",
+                    nfe=f"{record['nfe']:.0f}",
+                )
+            if time_up:
+                result.stop_reason = "max_time"
+                break
+            if no_improve >= config.n_iter_no_change:
+                result.stop_reason = "converged"
+                break
+    except (TrainingFailure, SolverError) as err:
+        result.stop_reason = "diverged" if isinstance(err, TrainingFailure) else "solver_failed"
+        result.message = str(err)
+        if not (use_validation and best_score > -math.inf):
+            flow.load_state_dict(last_good)
+    except KeyboardInterrupt:
+        result.stop_reason = "interrupted"
+        result.message = "training was interrupted by the user (KeyboardInterrupt)"
+        if not all(torch.isfinite(p).all() for p in params):
+            flow.load_state_dict(last_good)
+    finally:
+        if progress is not None:
+            progress.close()
+
+    if use_validation and best_score > -math.inf:
+        flow.load_state_dict(best_state)
+        result.best_validation_score = best_score
+    result.optimizer_state = optimizer.state_dict()
+    return result

@@ -1,0 +1,55 @@
+"""Small helpers: devices, seeds and warnings."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+__all__ = ["DeviceWarning", "make_generator", "resolve_device", "spawn_seeds"]
+
+
+class DeviceWarning(UserWarning):
+    """The requested device is not available; the model runs on the CPU instead."""
+
+
+def resolve_device(device: str, *, fallback: bool = False) -> torch.device:
+    """Turn ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` into a ``torch.device``.
+
+    Parameters
+    ----------
+    device : str
+    fallback : bool, default=False
+        When the device is missing: warn with :class:`DeviceWarning` and return the CPU
+        (used when unpickling) instead of raising ``ValueError`` (used in ``fit``).
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"Unknown device {device!r}: {err}") from err
+    if dev.type == "cuda":
+        index = dev.index or 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            msg = f"device={device!r} was requested but CUDA device {index} is not available"
+            if fallback:
+                warnings.warn(msg + "; using the CPU instead.", DeviceWarning, stacklevel=3)
+                return torch.device("cpu")
+            raise ValueError(msg + "; use device='cpu' or device='auto'.")
+    elif dev.type != "cpu":
+        raise ValueError(f"Unsupported device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'.")
+    return dev
+
+
+def spawn_seeds(random_state: np.random.RandomState, n: int) -> list[int]:
+    """Draw ``n`` independent integer seeds from a numpy ``RandomState``."""
+    return [int(s) for s in random_state.randint(0, 2**31 - 1, size=n)]
+
+
+def make_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A local ``torch.Generator`` on ``device`` seeded with ``seed`` (no global seeding)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
