@@ -63,7 +63,7 @@ def exact_trace(f: Tensor, z: Tensor, *, create_graph: bool) -> Tensor:
     grad_outputs = eye.unsqueeze(1).expand(d, *f.shape)  # (d, batch, d)
     try:
         (jac,) = torch.autograd.grad(
-            f, z, grad_outputs, create_graph=create_graph, is_grads_batched=True
+            f, z, grad_outputs, create_graph=create_graph, retain_graph=True, is_grads_batched=True
         )
         # jac[i, b, j] = d f_i / d z_j at row b
         return torch.diagonal(jac, dim1=0, dim2=2).sum(-1)
@@ -85,7 +85,7 @@ def hutchinson_trace(
     Returns the estimate, shape (batch,), and the product ``eps^T (df/dz)``, shape
     (batch, d), whose squared norm estimates ``||df/dz||_F^2`` (RNODE's penalty).
     """
-    (vjp,) = torch.autograd.grad(f, z, probe, create_graph=create_graph)
+    (vjp,) = torch.autograd.grad(f, z, probe, create_graph=create_graph, retain_graph=True)
     return (vjp * probe).sum(-1), vjp
 
 

@@ -60,8 +60,11 @@ class EvalConfig:
     max_num_steps: int = 10000
 
 
-def _requires_grad(z: Tensor) -> Tensor:
-    return z if z.requires_grad else z.detach().requires_grad_(True)
+def _requires_grad(z: Tensor, keep_graph: bool) -> Tensor:
+    """``z`` itself when its graph is kept and tracked, else a fresh leaf requiring grad."""
+    if keep_graph and z.requires_grad:
+        return z
+    return z.detach().requires_grad_(True)
 
 
 class _TrainingDynamics(nn.Module):
@@ -85,7 +88,7 @@ class _TrainingDynamics(nn.Module):
         self.nfe += 1
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
-            z = _requires_grad(state[0])
+            z = _requires_grad(state[0], create_graph)
             vjp = None
             if self.probe is None:
                 f = self.field(t, z)
@@ -117,7 +120,7 @@ class _ExactDynamics(nn.Module):
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         self.nfe += 1
         with torch.enable_grad():
-            z = _requires_grad(state[0])
+            z = _requires_grad(state[0], False)
             f = self.field(t, z)
             div = exact_trace(f, z, create_graph=False)
         return f.detach(), div.detach()
