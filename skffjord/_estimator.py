@@ -538,7 +538,11 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
 
         # Commit the fitted state only now (a failure above leaves the old model).
         flow.eval()
-        self.flow_ = flow.to(dtype=torch.float64)
+        flow = flow.to(dtype=torch.float64)
+        with torch.no_grad():  # the float32 round trip must not blur the standardisation
+            flow.loc.copy_(torch.as_tensor(loc))
+            flow.scale.copy_(torch.as_tensor(scale))
+        self.flow_ = flow
         self.device_ = str(device)
         self.history_ = result.history
         self.n_iter_ = result.n_iter

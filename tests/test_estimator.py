@@ -1,0 +1,406 @@
+"""API behaviour: persistence, pipelines, input validation, failure handling."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+import skffjord
+from skffjord import DeviceWarning, FFJORDDensity
+from skffjord._flow import FFJORDFlow
+
+from .conftest import TINY
+
+
+def tiny(**kw):
+    params = dict(TINY, random_state=0)
+    params.update(kw)
+    return FFJORDDensity(**params)
+
+
+@pytest.fixture
+def X(rng):
+    return rng.normal(size=(120, 3)) * [1.0, 5.0, 0.2] + [0.0, 10.0, -1.0]
+
+
+@pytest.fixture
+def fitted(X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return tiny(max_iter=3).fit(X)
+
+
+def test_version_and_public_surface():
+    assert isinstance(skffjord.__version__, str)
+    assert "FFJORDDensity" in skffjord.__all__
+
+
+def test_fit_returns_self_and_sets_attributes(X):
+    model = tiny()
+    with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
+        assert model.fit(X) is model
+    assert model.n_features_in_ == 3
+    assert model.n_iter_ == 2 and len(model.history_) == 2
+    assert set(model.history_[0]) >= {"epoch", "train_loss", "valid_score", "nfe", "time"}
+    assert model.history_[0]["nfe"] == 8  # rk4, 2 steps of 4 evaluations
+    assert model.loss_curve_ == [h["train_loss"] for h in model.history_]
+    assert model.validation_scores_ is None and model.best_validation_score_ is None
+    assert model.stop_reason_ == "max_iter"
+    assert model.get_params()["hidden_layer_sizes"] == (8,)  # parameters untouched
+
+
+def test_score_is_mean_of_score_samples(fitted, X):
+    assert fitted.score(X) == pytest.approx(fitted.score_samples(X).mean(), rel=1e-12)
+
+
+def test_unfitted_raises():
+    with pytest.raises(NotFittedError):
+        FFJORDDensity().score_samples(np.zeros((2, 2)))
+    with pytest.raises(NotFittedError):
+        FFJORDDensity().sample()
+
+
+@pytest.mark.parametrize("dump", ["pickle", "joblib"])
+def test_persistence_round_trip(fitted, X, dump, tmp_path):
+    if dump == "pickle":
+        loaded = pickle.loads(pickle.dumps(fitted))
+    else:
+        joblib.dump(fitted, tmp_path / "model.joblib")
+        loaded = joblib.load(tmp_path / "model.joblib")
+    np.testing.assert_array_equal(loaded.score_samples(X), fitted.score_samples(X))
+    np.testing.assert_array_equal(loaded.sample(4, random_state=0), fitted.sample(4, random_state=0))
+
+
+def test_unpickle_on_machine_without_the_device(fitted, X, monkeypatch):
+    fitted.device_ = "cuda"  # as if fitted on a GPU machine
+    blob = pickle.dumps(fitted)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(DeviceWarning, match="not available"):
+        loaded = pickle.loads(blob)
+    assert loaded.device_ == "cpu"
+    assert np.isfinite(loaded.score_samples(X)).all()
+
+
+def test_missing_cuda_is_a_clear_error(X, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA device 0 is not available"):
+        tiny(device="cuda").fit(X)
+    with pytest.raises(ValueError, match="Unsupported device|Unknown device"):
+        tiny(device="tpu").fit(X)
+
+
+def test_clone_is_unfitted_with_same_params(fitted):
+    c = clone(fitted)
+    assert c.get_params() == fitted.get_params()
+    assert not hasattr(c, "flow_")
+
+
+def test_random_state_makes_fits_reproducible(X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = tiny(random_state=3, trace_estimator="hutchinson").fit(X).score_samples(X)
+        b = tiny(random_state=3, trace_estimator="hutchinson").fit(X).score_samples(X)
+        c = tiny(random_state=4, trace_estimator="hutchinson").fit(X).score_samples(X)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_pipeline_with_scaler(X):
+    pipe = make_pipeline(StandardScaler(), tiny())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pipe.fit(X)
+    assert pipe.score_samples(X).shape == (len(X),)
+    assert np.isfinite(pipe.score(X))
+
+
+def test_grid_search_selects_hidden_sizes_by_heldout_likelihood(rng):
+    from sklearn.datasets import make_moons
+
+    X, _ = make_moons(n_samples=600, noise=0.08, random_state=0)
+    grid = GridSearchCV(
+        FFJORDDensity(max_iter=15, batch_size=128, learning_rate_init=5e-3, ode_solver="rk4",
+                      ode_solver_params={"step_size": 0.25}, random_state=0, activation="tanh"),
+        {"hidden_layer_sizes": [(1,), (32, 32)]},
+        cv=3,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        grid.fit(X)
+    scores = grid.cv_results_["mean_test_score"]
+    assert np.all(np.isfinite(scores))
+    assert grid.best_score_ == scores.max()
+    # a one-unit bottleneck cannot bend the moons; the wider field wins held-out
+    assert grid.best_params_ == {"hidden_layer_sizes": (32, 32)}
+    assert scores[1] > scores[0] + 0.1
+
+
+def test_pandas_input_records_feature_names(X):
+    df = pd.DataFrame(X, columns=["a", "b", "c"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = tiny().fit(df)
+    np.testing.assert_array_equal(model.feature_names_in_, ["a", "b", "c"])
+    np.testing.assert_allclose(model.score_samples(df), model.score_samples(X), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="feature names"):
+        model.score_samples(df.rename(columns={"a": "z"}))
+
+
+def test_non_numeric_columns_are_named(X):
+    df = pd.DataFrame(X, columns=["a", "b", "c"]).assign(city=["x"] * len(X))
+    with pytest.raises(ValueError, match=r"\['city'\] are not numeric"):
+        tiny().fit(df)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.array([[0.0, np.nan], [1.0, 2.0]]), "NaN"),
+        (np.array([[0.0, np.inf], [1.0, 2.0]]), "infinity"),
+        (np.arange(5.0), "Expected 2D array"),
+        (np.empty((0, 2)), "0 sample"),
+        (np.array([["a", "b"], ["c", "d"]], dtype=object), "could not convert|not numeric"),
+    ],
+)
+def test_bad_fit_input_raises_value_error(bad, match):
+    with pytest.raises(ValueError, match=match):
+        tiny().fit(bad)
+
+
+def test_bad_score_input(fitted):
+    with pytest.raises(ValueError, match="3 features"):
+        fitted.score_samples(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="Expected 2D array"):
+        fitted.score_samples(np.zeros(3))
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.score_samples(np.full((1, 3), np.nan))
+    with pytest.raises(ValueError, match="n_samples"):
+        fitted.sample(0)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"hidden_layer_sizes": (0,)}, "hidden_layer_sizes"),
+        ({"hidden_layer_sizes": "big"}, "hidden_layer_sizes"),
+        ({"activation": "relu"}, "activation"),
+        ({"trace_estimator": "approx"}, "trace_estimator"),
+        ({"ode_solver": "lsoda"}, "ode_solver"),
+        ({"eval_ode_solver": "bosh3"}, "eval_ode_solver"),
+        ({"atol": -1.0}, "atol"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"validation_fraction": 1.0}, "validation_fraction"),
+    ],
+)
+def test_bad_parameters_are_named(X, params, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**params).fit(X)
+
+
+def test_failed_fit_keeps_the_previous_model(fitted, X):
+    before = fitted.score_samples(X)
+    bad = X[:, :2].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError):
+        fitted.fit(bad)
+    assert fitted.n_features_in_ == 3
+    np.testing.assert_array_equal(fitted.score_samples(X), before)
+
+
+def _fail_on_call(monkeypatch, n_call, exc_factory, record=None):
+    """Make FFJORDFlow.train_log_prob fail on its ``n_call``-th call."""
+    original = FFJORDFlow.train_log_prob
+    calls = {"n": 0}
+
+    def patched(self, u, config, generator):
+        calls["n"] += 1
+        if record is not None:
+            record.append({k: v.detach().clone() for k, v in self.state_dict().items()})
+        if calls["n"] == n_call:
+            raise exc_factory()
+        return original(self, u, config, generator)
+
+    monkeypatch.setattr(FFJORDFlow, "train_log_prob", patched)
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_weights(X, monkeypatch):
+    original = FFJORDFlow.train_log_prob
+    states = []
+    calls = {"n": 0}
+
+    def nan_on_fifth(self, u, config, generator):
+        calls["n"] += 1
+        states.append({k: v.detach().clone() for k, v in self.state_dict().items()})
+        logp, reg, dyn = original(self, u, config, generator)
+        if calls["n"] == 5:
+            logp = logp * float("nan")
+        return logp, reg, dyn
+
+    monkeypatch.setattr(FFJORDFlow, "train_log_prob", nan_on_fifth)
+    model = tiny(max_iter=10, batch_size=40)
+    with pytest.warns(ConvergenceWarning, match="NaN or infinite.*last good weights.*learning_rate"):
+        model.fit(X)
+    assert model.stop_reason_ == "diverged"
+    assert model.n_iter_ == 1  # 3 batches per epoch: the 5th call is in epoch 2
+    # the kept weights are those of the 4th step: the last with a finite loss
+    kept = model.flow_.state_dict()
+    for k, v in states[3].items():
+        torch.testing.assert_close(kept[k], v.to(kept[k].dtype))
+    assert np.isfinite(model.score_samples(X)).all()
+
+
+def test_solver_step_cap_stops_with_message(X):
+    model = tiny(ode_solver="dopri5", ode_solver_params=None, max_num_steps=1, max_iter=3)
+    with pytest.warns(ConvergenceWarning, match="step cap.*max_num_steps"):
+        model.fit(X)
+    assert model.stop_reason_ == "solver_failed"
+    assert np.isfinite(model.score_samples(X)).all()
+
+
+def test_keyboard_interrupt_keeps_best_model(X, monkeypatch):
+    _fail_on_call(monkeypatch, 7, KeyboardInterrupt)
+    model = tiny(max_iter=50, batch_size=40, early_stopping=True, n_iter_no_change=50)
+    with pytest.warns(UserWarning, match="interrupted"):
+        model.fit(X)
+    assert model.stop_reason_ == "interrupted"
+    # 108 training rows: 3 batches + 1 validation call per epoch; call 7 is in epoch 2
+    assert model.n_iter_ == 1
+    assert model.best_validation_score_ == max(model.validation_scores_)
+    assert np.isfinite(model.score_samples(X)).all()
+
+
+def test_early_stopping_restores_best_validation_weights(rng):
+    from skffjord._flow import TrainConfig
+    from skffjord._training import FitConfig, train_flow, validation_score
+
+    X = torch.as_tensor(rng.normal(size=(60, 2)), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    flow = FFJORDFlow(2, (32, 32), "tanh", 1, 1.0, torch.zeros(2), torch.ones(2),
+                      generator=gen).float()
+    solver = TrainConfig(method="rk4", options={"step_size": 0.25})
+    cfg = FitConfig(batch_size=20, learning_rate_init=3e-2, alpha=0.0, max_iter=40,
+                    max_time=None, tol=0.0, n_iter_no_change=5, shuffle=True, solver=solver)
+    w = torch.ones(60)
+    result = train_flow(flow, X[:40], w[:40], X[40:], w[40:], cfg,
+                        rng=np.random.default_rng(0), generator=gen)
+    scores = [h["valid_score"] for h in result.history]
+    assert result.stop_reason == "converged" and result.n_iter < 40  # overfits, then stops
+    assert result.best_validation_score == max(scores)
+    assert int(np.argmax(scores)) < len(scores) - 1  # the best epoch is not the last one
+    restored = validation_score(flow, X[40:], w[40:], solver, 1024)
+    assert restored == pytest.approx(result.best_validation_score, abs=1e-6)
+
+
+def test_max_time_budget(X):
+    model = tiny(max_iter=100000, max_time=0.5, batch_size=16)
+    model.fit(X)
+    assert model.stop_reason_ == "max_time"
+    assert model.history_[-1]["time"] < 5
+
+
+def test_warm_start_continues_training(X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = tiny(max_iter=5, warm_start=True, learning_rate_init=1e-2).fit(X)
+        first = model.loss_curve_
+        model.fit(X)
+        cold = tiny(max_iter=5, learning_rate_init=1e-2).fit(X)
+    assert model.loss_curve_[0] < first[0]
+    np.testing.assert_allclose(cold.loss_curve_, first)  # cold refit starts from scratch
+    with pytest.raises(ValueError, match="warm_start"):
+        model.fit(X[:, :2])
+
+
+def test_integer_sample_weights_equal_repeated_rows(X):
+    weights = np.tile([0, 1, 2], len(X) // 3)
+    repeated = np.repeat(X, weights, axis=0)
+    kw = dict(trace_estimator="exact", batch_size=1000, max_iter=3, shuffle=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = tiny(**kw).fit(X, sample_weight=weights)
+        b = tiny(**kw).fit(repeated)
+    # float32 training: equal up to round-off amplified by Adam (ignoring the weights
+    # instead moves scores by ~0.6 nats here)
+    np.testing.assert_allclose(a.score_samples(X), b.score_samples(X), rtol=0, atol=2e-3)
+    np.testing.assert_allclose(a.loss_curve_, b.loss_curve_, rtol=1e-4)
+    with pytest.raises(ValueError, match="non-negative"):
+        tiny().fit(X, sample_weight=-np.ones(len(X)))
+
+
+def test_standardization_keeps_scores_in_user_units(X):
+    """Scaling the data by c shifts every log-density by -d log c."""
+    c = 7.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = tiny().fit(X)
+        b = tiny().fit(X * c)
+    np.testing.assert_allclose(b.score_samples(X * c), a.score_samples(X) - 3 * np.log(c),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_zero_field_scores_gaussian_with_standardization(fitted, X):
+    import scipy.stats
+
+    for block in fitted.flow_.blocks:  # back to the initial, zero vector field
+        torch.nn.init.zeros_(block.field.layers[-1].linear.weight)
+        torch.nn.init.zeros_(block.field.layers[-1].linear.bias)
+        torch.nn.init.zeros_(block.field.layers[-1].hyper_bias.weight)
+    expected = scipy.stats.norm(X.mean(0), X.std(0)).logpdf(X).sum(1)
+    np.testing.assert_allclose(fitted.score_samples(X), expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(trace_estimator="exact"),
+        dict(hutchinson_noise="gaussian", hidden_layer_sizes=(16, 2, 16)),
+        dict(adjoint=True, ode_solver="dopri5", ode_solver_params=None),
+        dict(kinetic_energy_reg=0.1, jacobian_reg=0.1, ode_solver="dopri5",
+             ode_solver_params=None),
+        dict(n_blocks=2, activation="elu", eval_ode_solver="rk4",
+             eval_ode_solver_params={"step_size": 0.05}),
+        dict(standardize=False, activation="swish", early_stopping=True),
+    ],
+)
+def test_training_variants_run_and_improve(rng, kw):
+    a = rng.normal(size=200)
+    X = np.c_[a, a**2 + 0.3 * rng.normal(size=200), np.sin(2 * a) + 0.2 * rng.normal(size=200)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = tiny(max_iter=4, learning_rate_init=1e-2, batch_size=25, **kw).fit(X)
+    assert np.isfinite(model.score_samples(X)).all()
+    assert model.loss_curve_[-1] < model.loss_curve_[0]
+
+
+def test_kinetic_regularisation_shortens_paths(X):
+    from skffjord._flow import TrainConfig
+
+    probe = TrainConfig(method="rk4", options={"step_size": 0.1}, kinetic_energy_reg=1.0)
+    energies = []
+    for reg in (0.0, 5.0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = tiny(max_iter=8, learning_rate_init=1e-2, kinetic_energy_reg=reg).fit(X)
+        u = model.flow_.standardize(torch.as_tensor(X))
+        _, ke, _ = model.flow_.train_log_prob(u, probe, None)
+        energies.append(ke.mean().item())
+    assert energies[1] < 0.5 * energies[0]
+
+
+def test_verbose_shows_progress(X, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        tiny(verbose=1).fit(X)
+    err = capsys.readouterr().err
+    assert "FFJORD fit" in err and "loss=" in err and "nfe=" in err
