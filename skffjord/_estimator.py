@@ -357,9 +357,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
                 f"hidden_layer_sizes must be a tuple of positive ints, got {sizes!r}."
             ) from err
         if not all(isinstance(s, Integral) and not isinstance(s, bool) and s > 0 for s in sizes):
-            raise ValueError(
-                f"hidden_layer_sizes must be a tuple of positive ints, got {sizes!r}."
-            )
+            raise ValueError(f"hidden_layer_sizes must be a tuple of positive ints, got {sizes!r}.")
         return tuple(int(s) for s in sizes)
 
     def _train_config(self) -> TrainConfig:
@@ -401,9 +399,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(
-        self, X: Any, y: Any = None, sample_weight: Any = None
-    ) -> FFJORDDensity:
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> FFJORDDensity:
         """Fit the flow by maximum likelihood.
 
         Parameters
@@ -475,9 +471,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             scale = self.flow_.scale.cpu().numpy()
         else:
             if self.standardize:
-                loc, scale = _weighted_standardization(
-                    X[train_idx], sample_weight[train_idx]
-                )
+                loc, scale = _weighted_standardization(X[train_idx], sample_weight[train_idx])
             else:
                 loc, scale = np.zeros(n_features), np.ones(n_features)
             init_gen = torch.Generator().manual_seed(init_seed)
@@ -531,9 +525,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             rng=rng,
             generator=make_generator(probe_seed, device),
             log_det_offset=log_det,
-            optimizer_state=(
-                self.__dict__.get("_optimizer_state") if refit else None
-            ),
+            optimizer_state=(self.__dict__.get("_optimizer_state") if refit else None),
         )
 
         # Commit the fitted state only now (a failure above leaves the old model).
@@ -553,9 +545,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self.best_validation_score_ = result.best_validation_score
         self.best_loss_ = result.best_loss
         self.stop_reason_ = result.stop_reason
-        self._optimizer_state = (
-            _to_cpu(result.optimizer_state) if self.warm_start else None
-        )
+        self._optimizer_state = _to_cpu(result.optimizer_state) if self.warm_start else None
         self._warn_stop(result.stop_reason, result.message)
         return self
 

@@ -233,15 +233,26 @@ class CNFBlock(nn.Module):
             zeros = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
             with torch.no_grad():
                 zT, div = integrate(
-                    dynamics, (z, zeros), 0.0, T, method=config.method,
-                    atol=config.atol, rtol=config.rtol, options=config.options,
+                    dynamics,
+                    (z, zeros),
+                    0.0,
+                    T,
+                    method=config.method,
+                    atol=config.atol,
+                    rtol=config.rtol,
+                    options=config.options,
                 )
             return zT, div, dynamics.nfe
         y0 = torch.cat([z, torch.zeros_like(z[:, :1])], dim=1)
         with torch.no_grad():
             y1, nfe = integrate_rowwise(
-                self._rowwise_field(True), y0, 0.0, T,
-                atol=config.atol, rtol=config.rtol, max_num_steps=config.max_num_steps,
+                self._rowwise_field(True),
+                y0,
+                0.0,
+                T,
+                atol=config.atol,
+                rtol=config.rtol,
+                max_num_steps=config.max_num_steps,
             )
         return y1[:, :-1], y1[:, -1], nfe
 
@@ -251,12 +262,23 @@ class CNFBlock(nn.Module):
         with torch.no_grad():
             if config.method in FIXED_GRID_METHODS:
                 return integrate(
-                    _FieldOnly(self.field), (z,), t0, t1, method=config.method,
-                    atol=config.atol, rtol=config.rtol, options=config.options,
+                    _FieldOnly(self.field),
+                    (z,),
+                    t0,
+                    t1,
+                    method=config.method,
+                    atol=config.atol,
+                    rtol=config.rtol,
+                    options=config.options,
                 )[0]
             return integrate_rowwise(
-                self._rowwise_field(False), z, t0, t1,
-                atol=config.atol, rtol=config.rtol, max_num_steps=config.max_num_steps,
+                self._rowwise_field(False),
+                z,
+                t0,
+                t1,
+                atol=config.atol,
+                rtol=config.rtol,
+                max_num_steps=config.max_num_steps,
             )[0]
 
 

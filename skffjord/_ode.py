@@ -27,14 +27,14 @@ class SolverError(RuntimeError):
     """The ODE solver could not finish (step size underflow, step cap, non-finite state)."""
 
 
-def _solver_options(
-    method: str, t_span: float, options: dict | None, max_num_steps: int
-) -> dict:
+def _solver_options(method: str, t_span: float, options: dict | None, max_num_steps: int) -> dict:
     """Copy the user's options and add our defaults (never mutate the caller's dict)."""
     opts = dict(options or {})
     if method in ADAPTIVE_METHODS:
         opts.setdefault("max_num_steps", max_num_steps)
-    elif method in FIXED_GRID_METHODS and "step_size" not in opts and "grid_constructor" not in opts:
+    elif (
+        method in FIXED_GRID_METHODS and "step_size" not in opts and "grid_constructor" not in opts
+    ):
         opts["step_size"] = abs(t_span) / DEFAULT_FIXED_STEPS
     return opts
 
@@ -209,17 +209,18 @@ def integrate_rowwise(
     nfe += 1
     d2 = _rms((k_e - k1) / scale) / h.to(dtype)
     big = torch.maximum(d1, d2)
-    h1 = torch.where(big <= 1e-15, torch.maximum(h * 1e-3, torch.full_like(h, 1e-6)),
-                     (0.01 / big.clamp_min(1e-300)).to(torch.float64) ** (1 / 5))
+    h1 = torch.where(
+        big <= 1e-15,
+        torch.maximum(h * 1e-3, torch.full_like(h, 1e-6)),
+        (0.01 / big.clamp_min(1e-300)).to(torch.float64) ** (1 / 5),
+    )
     h = torch.minimum(torch.minimum(100 * h, h1.to(torch.float64)), torch.full_like(h, length))
 
     active = torch.arange(n, device=device)
     steps = torch.zeros(n, dtype=torch.int64, device=device)
     while active.numel() > 0:
         if int(steps.max()) >= max_num_steps:
-            raise SolverError(
-                f"the per-row solver reached its step cap ({max_num_steps} steps)"
-            )
+            raise SolverError(f"the per-row solver reached its step cap ({max_num_steps} steps)")
         h = torch.minimum(h, length - tau)
         hd = h.to(dtype).unsqueeze(1)
         ks = [k1]
@@ -255,6 +256,11 @@ def integrate_rowwise(
             y1[active[done]] = y[done]
             keep = ~done
             active, tau, y, k1, h, steps = (
-                active[keep], tau[keep], y[keep], k1[keep], h[keep], steps[keep]
+                active[keep],
+                tau[keep],
+                y[keep],
+                k1[keep],
+                h[keep],
+                steps[keep],
             )
     return y1, nfe

@@ -121,9 +121,7 @@ def train_flow(
         ``'interrupted'``, ``'diverged'`` or ``'solver_failed'``.
     """
     params = [p for p in flow.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(
-        params, lr=config.learning_rate_init, weight_decay=config.alpha
-    )
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate_init, weight_decay=config.alpha)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     result = TrainingResult()

@@ -18,8 +18,14 @@ MEAN = np.array([1.0, -2.0])
 
 
 def _fit(X, **kw):
-    params = dict(hidden_layer_sizes=(32, 32), batch_size=256, learning_rate_init=5e-3,
-                  ode_solver="rk4", ode_solver_params={"step_size": 0.25}, random_state=0)
+    params = dict(
+        hidden_layer_sizes=(32, 32),
+        batch_size=256,
+        learning_rate_init=5e-3,
+        ode_solver="rk4",
+        ode_solver_params={"step_size": 0.25},
+        random_state=0,
+    )
     params.update(kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -46,8 +52,10 @@ def test_correlated_gaussian_loglik_within_005_nats(gaussian_model):
     model_ll = model.score(X_test)
     true_ll = truth.logpdf(X_test).mean()
     expected_ll = -np.log(2 * np.pi) - 1 - 0.5 * np.log(np.linalg.det(COV))  # -entropy
-    print(f"held-out mean log-lik: model {model_ll:.4f}, true density {true_ll:.4f}, "
-          f"-entropy {expected_ll:.4f}")
+    print(
+        f"held-out mean log-lik: model {model_ll:.4f}, true density {true_ll:.4f}, "
+        f"-entropy {expected_ll:.4f}"
+    )
     assert abs(model_ll - true_ll) < 0.05
     assert abs(model_ll - expected_ll) < 0.05 + 3 * 1.0 / np.sqrt(len(X_test))
 

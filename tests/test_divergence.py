@@ -61,12 +61,14 @@ def test_hutchinson_is_unbiased(kind, hidden):
     f, a = field.forward_with_bottleneck(t, z)
     exact = exact_trace(f, z, create_graph=False).detach()[:3]
     if a is None:
-        probe = sample_probe((z.shape[0], d), kind=kind, generator=gen,
-                             dtype=z.dtype, device=z.device)
+        probe = sample_probe(
+            (z.shape[0], d), kind=kind, generator=gen, dtype=z.dtype, device=z.device
+        )
         est, _ = hutchinson_trace(f, z, probe, create_graph=False)
     else:
-        probe = sample_probe((z.shape[0], a.shape[1]), kind=kind, generator=gen,
-                             dtype=z.dtype, device=z.device)
+        probe = sample_probe(
+            (z.shape[0], a.shape[1]), kind=kind, generator=gen, dtype=z.dtype, device=z.device
+        )
         est = bottleneck_hutchinson_trace(f, a, z, probe, create_graph=False)
     est = est.detach().reshape(n_draws, 3)
     mean, se = est.mean(0), est.std(0) / np.sqrt(n_draws)
@@ -86,11 +88,18 @@ def test_bottleneck_probe_has_lower_variance():
     f, a = field.forward_with_bottleneck(t, z)
     exact = exact_trace(f, z, create_graph=False)[0].item()
     plain, _ = hutchinson_trace(
-        f, z, sample_probe((n_draws, d), kind="gaussian", generator=gen,
-                           dtype=z.dtype, device=z.device), create_graph=False)
+        f,
+        z,
+        sample_probe((n_draws, d), kind="gaussian", generator=gen, dtype=z.dtype, device=z.device),
+        create_graph=False,
+    )
     small = bottleneck_hutchinson_trace(
-        f, a, z, sample_probe((n_draws, 2), kind="gaussian", generator=gen,
-                              dtype=z.dtype, device=z.device), create_graph=False)
+        f,
+        a,
+        z,
+        sample_probe((n_draws, 2), kind="gaussian", generator=gen, dtype=z.dtype, device=z.device),
+        create_graph=False,
+    )
     # both unbiased ...
     assert abs(plain.mean().item() - exact) < 3 * plain.std().item() / np.sqrt(n_draws)
     assert abs(small.mean().item() - exact) < 3 * small.std().item() / np.sqrt(n_draws)
@@ -100,11 +109,17 @@ def test_bottleneck_probe_has_lower_variance():
 
 def test_rademacher_probe_values_and_moments():
     gen = torch.Generator().manual_seed(0)
-    p = sample_probe((20000, 3), kind="rademacher", generator=gen,
-                     dtype=torch.float64, device=torch.device("cpu"))
+    p = sample_probe(
+        (20000, 3),
+        kind="rademacher",
+        generator=gen,
+        dtype=torch.float64,
+        device=torch.device("cpu"),
+    )
     assert set(p.unique().tolist()) == {-1.0, 1.0}
     cov = (p.T @ p) / p.shape[0]
     np.testing.assert_allclose(cov.numpy(), np.eye(3), atol=0.03)
     with pytest.raises(ValueError, match="probe kind"):
-        sample_probe((2, 2), kind="uniform", generator=gen, dtype=torch.float64,
-                     device=torch.device("cpu"))
+        sample_probe(
+            (2, 2), kind="uniform", generator=gen, dtype=torch.float64, device=torch.device("cpu")
+        )

@@ -79,7 +79,9 @@ def test_persistence_round_trip(fitted, X, dump, tmp_path):
         joblib.dump(fitted, tmp_path / "model.joblib")
         loaded = joblib.load(tmp_path / "model.joblib")
     np.testing.assert_array_equal(loaded.score_samples(X), fitted.score_samples(X))
-    np.testing.assert_array_equal(loaded.sample(4, random_state=0), fitted.sample(4, random_state=0))
+    np.testing.assert_array_equal(
+        loaded.sample(4, random_state=0), fitted.sample(4, random_state=0)
+    )
 
 
 def test_unpickle_on_machine_without_the_device(fitted, X, monkeypatch):
@@ -130,8 +132,15 @@ def test_grid_search_selects_hidden_sizes_by_heldout_likelihood(rng):
 
     X, _ = make_moons(n_samples=600, noise=0.08, random_state=0)
     grid = GridSearchCV(
-        FFJORDDensity(max_iter=15, batch_size=128, learning_rate_init=5e-3, ode_solver="rk4",
-                      ode_solver_params={"step_size": 0.25}, random_state=0, activation="tanh"),
+        FFJORDDensity(
+            max_iter=15,
+            batch_size=128,
+            learning_rate_init=5e-3,
+            ode_solver="rk4",
+            ode_solver_params={"step_size": 0.25},
+            random_state=0,
+            activation="tanh",
+        ),
         {"hidden_layer_sizes": [(1,), (32, 32)]},
         cv=3,
     )
@@ -249,7 +258,9 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_weights(X, monkeypatch)
 
     monkeypatch.setattr(FFJORDFlow, "train_log_prob", nan_on_fifth)
     model = tiny(max_iter=10, batch_size=40)
-    with pytest.warns(ConvergenceWarning, match="NaN or infinite.*last good weights.*learning_rate"):
+    with pytest.warns(
+        ConvergenceWarning, match="NaN or infinite.*last good weights.*learning_rate"
+    ):
         model.fit(X)
     assert model.stop_reason_ == "diverged"
     assert model.n_iter_ == 1  # 3 batches per epoch: the 5th call is in epoch 2
@@ -286,14 +297,25 @@ def test_early_stopping_restores_best_validation_weights(rng):
 
     X = torch.as_tensor(rng.normal(size=(60, 2)), dtype=torch.float32)
     gen = torch.Generator().manual_seed(0)
-    flow = FFJORDFlow(2, (32, 32), "tanh", 1, 1.0, torch.zeros(2), torch.ones(2),
-                      generator=gen).float()
+    flow = FFJORDFlow(
+        2, (32, 32), "tanh", 1, 1.0, torch.zeros(2), torch.ones(2), generator=gen
+    ).float()
     solver = TrainConfig(method="rk4", options={"step_size": 0.25})
-    cfg = FitConfig(batch_size=20, learning_rate_init=3e-2, alpha=0.0, max_iter=40,
-                    max_time=None, tol=0.0, n_iter_no_change=5, shuffle=True, solver=solver)
+    cfg = FitConfig(
+        batch_size=20,
+        learning_rate_init=3e-2,
+        alpha=0.0,
+        max_iter=40,
+        max_time=None,
+        tol=0.0,
+        n_iter_no_change=5,
+        shuffle=True,
+        solver=solver,
+    )
     w = torch.ones(60)
-    result = train_flow(flow, X[:40], w[:40], X[40:], w[40:], cfg,
-                        rng=np.random.default_rng(0), generator=gen)
+    result = train_flow(
+        flow, X[:40], w[:40], X[40:], w[40:], cfg, rng=np.random.default_rng(0), generator=gen
+    )
     scores = [h["valid_score"] for h in result.history]
     assert result.stop_reason == "converged" and result.n_iter < 40  # overfits, then stops
     assert result.best_validation_score == max(scores)
@@ -345,8 +367,9 @@ def test_standardization_keeps_scores_in_user_units(X):
         warnings.simplefilter("ignore", ConvergenceWarning)
         a = tiny().fit(X)
         b = tiny().fit(X * c)
-    np.testing.assert_allclose(b.score_samples(X * c), a.score_samples(X) - 3 * np.log(c),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        b.score_samples(X * c), a.score_samples(X) - 3 * np.log(c), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_zero_field_scores_gaussian_with_standardization(fitted, X):
@@ -366,10 +389,13 @@ def test_zero_field_scores_gaussian_with_standardization(fitted, X):
         dict(trace_estimator="exact"),
         dict(hutchinson_noise="gaussian", hidden_layer_sizes=(16, 2, 16)),
         dict(adjoint=True, ode_solver="dopri5", ode_solver_params=None),
-        dict(kinetic_energy_reg=0.1, jacobian_reg=0.1, ode_solver="dopri5",
-             ode_solver_params=None),
-        dict(n_blocks=2, activation="elu", eval_ode_solver="rk4",
-             eval_ode_solver_params={"step_size": 0.05}),
+        dict(kinetic_energy_reg=0.1, jacobian_reg=0.1, ode_solver="dopri5", ode_solver_params=None),
+        dict(
+            n_blocks=2,
+            activation="elu",
+            eval_ode_solver="rk4",
+            eval_ode_solver_params={"step_size": 0.05},
+        ),
         dict(standardize=False, activation="swish", early_stopping=True),
     ],
 )

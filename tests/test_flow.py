@@ -33,8 +33,9 @@ def _flow(d, hidden=(16, 16), n_blocks=1, T=1.0, seed=0, loc=None, scale=None):
     loc = torch.zeros(d) if loc is None else torch.as_tensor(loc)
     scale = torch.ones(d) if scale is None else torch.as_tensor(scale)
     gen = torch.Generator().manual_seed(seed)
-    return FFJORDFlow(d, hidden, "tanh", n_blocks, T, loc.double(), scale.double(),
-                      generator=gen).double()
+    return FFJORDFlow(
+        d, hidden, "tanh", n_blocks, T, loc.double(), scale.double(), generator=gen
+    ).double()
 
 
 def _randomize_last_layers(flow, seed=1, scale=0.5):
@@ -56,17 +57,23 @@ def test_linear_dynamics_exact_logdet(method, T):
     flow = _flow(3, T=T)
     flow.blocks[0].field = LinearField(A)
     x = torch.as_tensor(np.random.default_rng(0).normal(size=(20, 3)))
-    cfg = EvalConfig(method=method, atol=1e-10, rtol=1e-10,
-                     options={"step_size": T / 200} if method == "rk4" else None)
+    cfg = EvalConfig(
+        method=method,
+        atol=1e-10,
+        rtol=1e-10,
+        options={"step_size": T / 200} if method == "rk4" else None,
+    )
     z, div, _ = flow.blocks[0].forward_exact(x, cfg)
     np.testing.assert_allclose(div.numpy(), T * np.trace(A), rtol=1e-8)
-    np.testing.assert_allclose(z.numpy(), x.numpy() @ scipy.linalg.expm(A * T).T, rtol=1e-7,
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        z.numpy(), x.numpy() @ scipy.linalg.expm(A * T).T, rtol=1e-7, atol=1e-9
+    )
     # the training path (torchdiffeq, exact trace) agrees too
     train_cfg = TrainConfig(method="dopri5", atol=1e-10, rtol=1e-10, trace_estimator="exact")
     logp, _, _ = flow.train_log_prob(x, train_cfg, None)
     expected = scipy.stats.multivariate_normal(np.zeros(3), np.eye(3)).logpdf(
-        x.numpy() @ scipy.linalg.expm(A * T).T) + T * np.trace(A)
+        x.numpy() @ scipy.linalg.expm(A * T).T
+    ) + T * np.trace(A)
     np.testing.assert_allclose(logp.detach().numpy(), expected, rtol=1e-7)
 
 
@@ -76,8 +83,12 @@ def test_linear_dynamics_hutchinson_mean():
     flow.blocks[0].field = LinearField(A)
     x = torch.zeros(20000, 3, dtype=torch.float64)
     gen = torch.Generator().manual_seed(0)
-    cfg = TrainConfig(method="rk4", options={"step_size": 0.25}, trace_estimator="hutchinson",
-                      hutchinson_noise="gaussian")
+    cfg = TrainConfig(
+        method="rk4",
+        options={"step_size": 0.25},
+        trace_estimator="hutchinson",
+        hutchinson_noise="gaussian",
+    )
     _, div, _, _ = flow.blocks[0].forward_train(x, cfg, gen)
     div = div.detach().numpy()
     assert abs(div.mean() - np.trace(A)) < 3 * div.std() / np.sqrt(div.size)
@@ -99,9 +110,15 @@ def test_adjoint_and_backprop_gradients_agree():
     x = torch.as_tensor(np.random.default_rng(2).normal(size=(16, 3)))
     grads = {}
     for adjoint in (False, True):
-        cfg = TrainConfig(method="dopri5", atol=1e-9, rtol=1e-9, adjoint=adjoint,
-                          trace_estimator="hutchinson", kinetic_energy_reg=0.1,
-                          jacobian_reg=0.1)
+        cfg = TrainConfig(
+            method="dopri5",
+            atol=1e-9,
+            rtol=1e-9,
+            adjoint=adjoint,
+            trace_estimator="hutchinson",
+            kinetic_energy_reg=0.1,
+            jacobian_reg=0.1,
+        )
         flow.zero_grad()
         logp, reg, _ = flow.train_log_prob(x, cfg, torch.Generator().manual_seed(5))
         (-logp.mean() + reg.mean()).backward()
