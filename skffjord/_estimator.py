@@ -603,7 +603,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         out = np.empty(X.shape[0], dtype=np.float64)
         chunk = self._chunk_rows()
         for start in range(0, X.shape[0], chunk):
-            x = torch.as_tensor(X[start : start + chunk], dtype=torch.float64, device=device)
+            x = torch.tensor(X[start : start + chunk], dtype=torch.float64, device=device)
             out[start : start + chunk] = flow.log_prob(x, config).cpu().numpy()
         return out
 
@@ -649,14 +649,14 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         out = np.empty_like(z)
         chunk = self._chunk_rows()
         for start in range(0, z.shape[0], chunk):
-            zt = torch.as_tensor(z[start : start + chunk], dtype=torch.float64, device=device)
+            zt = torch.tensor(z[start : start + chunk], dtype=torch.float64, device=device)
             out[start : start + chunk] = self.flow_.to_data(zt, config).cpu().numpy()
         return out
 
     def _to_latent(self, X: np.ndarray) -> np.ndarray:
         config = self._eval_config()
         device = next(iter(self.flow_.buffers())).device
-        x = torch.as_tensor(np.asarray(X, dtype=np.float64), device=device)
+        x = torch.tensor(np.asarray(X, dtype=np.float64), device=device)
         return self.flow_.to_latent(x, config).cpu().numpy()
 
     # ------------------------------------------------------------------ persistence

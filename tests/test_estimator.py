@@ -161,7 +161,9 @@ def test_pandas_input_records_feature_names(X):
         warnings.simplefilter("ignore", ConvergenceWarning)
         model = tiny().fit(df)
     np.testing.assert_array_equal(model.feature_names_in_, ["a", "b", "c"])
-    np.testing.assert_allclose(model.score_samples(df), model.score_samples(X), rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="valid feature names"):
+        from_numpy = model.score_samples(X)
+    np.testing.assert_array_equal(model.score_samples(df), from_numpy)
     with pytest.raises(ValueError, match="feature names"):
         model.score_samples(df.rename(columns={"a": "z"}))
 
@@ -430,3 +432,24 @@ def test_verbose_shows_progress(X, capsys):
         tiny(verbose=1).fit(X)
     err = capsys.readouterr().err
     assert "FFJORD fit" in err and "loss=" in err and "nfe=" in err
+
+
+def test_solver_underflow_stops_with_message(X, monkeypatch):
+    import skffjord._ode as ode
+
+    def underflow(*args, **kwargs):
+        raise AssertionError("underflow in dt 0.0")
+
+    monkeypatch.setattr(ode, "odeint", underflow)
+    model = tiny(max_iter=3)
+    with pytest.warns(ConvergenceWarning, match="step size underflowed.*To avoid this"):
+        model.fit(X)
+    assert model.stop_reason_ == "solver_failed"
+    monkeypatch.undo()
+    assert np.isfinite(model.score_samples(X)).all()
+
+
+def test_scoring_in_chunks_gives_the_same_scores(fitted, X, monkeypatch):
+    whole = fitted.score_samples(X)
+    monkeypatch.setattr(FFJORDDensity, "_chunk_rows", lambda self: 7)
+    np.testing.assert_allclose(fitted.score_samples(X), whole, rtol=1e-12, atol=1e-12)

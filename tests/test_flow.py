@@ -179,3 +179,23 @@ def test_to_data_inverts_to_latent():
     x = flow.to_data(z, cfg)
     assert (x - flow.unstandardize(z)).abs().max() > 0.05  # the flow really moves points
     np.testing.assert_allclose(flow.to_latent(x, cfg).numpy(), z.numpy(), atol=1e-6)
+
+
+def test_regulariser_states_are_left_out_of_error_control():
+    """Adding the penalty states must not change the adaptive solver's steps."""
+    flow = _flow(3, hidden=(16, 16))
+    _randomize_last_layers(flow, scale=1.0)
+    x = torch.as_tensor(np.random.default_rng(7).normal(size=(64, 3)) * 3)
+    nfes = []
+    for reg in (0.0, 1e-12):
+        cfg = TrainConfig(
+            method="dopri5",
+            atol=1e-6,
+            rtol=1e-6,
+            kinetic_energy_reg=reg,
+            jacobian_reg=reg,
+            trace_estimator="exact",
+        )
+        logp, _, dyn = flow.train_log_prob(x, cfg, None)
+        nfes.append(dyn[0].nfe)
+    assert nfes[0] == nfes[1] > 8
