@@ -45,7 +45,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", ConvergenceWarning)
     grid.fit(X)
 
-for params, score in zip(grid.cv_results_["params"], grid.cv_results_["mean_test_score"]):
+for params, score in zip(
+    grid.cv_results_["params"], grid.cv_results_["mean_test_score"], strict=True
+):
     print(f"{params['flow__hidden_layer_sizes']!s:>10}: held-out mean log-likelihood {score:.3f}")
 print("best:", grid.best_params_)
 print("its mean log-likelihood on the training rows:", np.round(grid.score(X), 3))
