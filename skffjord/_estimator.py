@@ -36,6 +36,7 @@ _FITTED = (
     "device_",
     "stop_reason_",
     "_optimizer_state",
+    "_structure",
 )
 
 _FIXES = (
@@ -239,7 +240,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "hidden_layer_sizes": ["array-like"],
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "n_blocks": [Interval(Integral, 1, None, closed="left")],
         "integration_time": [Interval(Real, 0, None, closed="neither")],
@@ -463,8 +464,28 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
                 )
             perm = rng.permutation(n_samples)
             val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+            for part, idx in (("validation", val_idx), ("training", train_idx)):
+                if not sample_weight[idx].sum() > 0:
+                    raise ValueError(
+                        f"early_stopping drew a {part} split whose sample weights are all "
+                        "zero; raise validation_fraction, use fewer zero weights or set "
+                        "early_stopping=False."
+                    )
 
         # Model and standardisation.
+        structure = {
+            "hidden_layer_sizes": hidden,
+            "activation": self.activation,
+            "n_blocks": int(self.n_blocks),
+            "integration_time": float(self.integration_time),
+            "standardize": bool(self.standardize),
+        }
+        if refit and self.__dict__.get("_structure", structure) != structure:
+            changed = sorted(k for k, v in structure.items() if self._structure[k] != v)
+            raise ValueError(
+                f"warm_start=True cannot change the model's structure ({', '.join(changed)} "
+                "differ from the fitted model); refit with warm_start=False."
+            )
         if refit:
             flow = copy.deepcopy(self.flow_).to(device=device, dtype=torch.float32)
             loc = self.flow_.loc.cpu().numpy()
@@ -545,6 +566,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self.best_validation_score_ = result.best_validation_score
         self.best_loss_ = result.best_loss
         self.stop_reason_ = result.stop_reason
+        self._structure = structure
         self._optimizer_state = _to_cpu(result.optimizer_state) if self.warm_start else None
         self._warn_stop(result.stop_reason, result.message)
         return self

@@ -75,11 +75,18 @@ class _TrainingDynamics(nn.Module):
     """
 
     def __init__(
-        self, field: VectorField, probe: Tensor | None, *, bottleneck: bool, regularize: bool
+        self,
+        field: VectorField,
+        probe: Tensor | None,
+        *,
+        exact: bool,
+        bottleneck: bool,
+        regularize: bool,
     ) -> None:
         super().__init__()
         self.field = field
         self.probe = probe
+        self.exact = exact
         self.bottleneck = bottleneck
         self.regularize = regularize
         self.nfe = 0
@@ -90,9 +97,11 @@ class _TrainingDynamics(nn.Module):
         with torch.enable_grad():
             z = _requires_grad(state[0], create_graph)
             vjp = None
-            if self.probe is None:
+            if self.exact:
                 f = self.field(t, z)
                 div = exact_trace(f, z, create_graph=create_graph)
+                if self.probe is not None:  # for the Jacobian penalty only
+                    _, vjp = hutchinson_trace(f, z, self.probe, create_graph=create_graph)
             elif self.bottleneck:
                 f, a = self.field.forward_with_bottleneck(t, z)
                 div = bottleneck_hutchinson_trace(f, a, z, self.probe, create_graph=create_graph)
@@ -171,9 +180,10 @@ class CNFBlock(nn.Module):
         regularize = config.kinetic_energy_reg > 0 or config.jacobian_reg > 0
         probe = None
         bottleneck = False
-        if config.trace_estimator == "hutchinson":
+        exact = config.trace_estimator == "exact"
+        if not exact or config.jacobian_reg > 0:
             k = z.shape[1]
-            if self.field.bottleneck_index is not None and config.jacobian_reg == 0:
+            if not exact and self.field.bottleneck_index is not None and config.jacobian_reg == 0:
                 bottleneck = True
                 k = self.field.layers[self.field.bottleneck_index].linear.out_features
             probe = sample_probe(
@@ -184,7 +194,7 @@ class CNFBlock(nn.Module):
                 device=z.device,
             )
         dynamics = _TrainingDynamics(
-            self.field, probe, bottleneck=bottleneck, regularize=regularize
+            self.field, probe, exact=exact, bottleneck=bottleneck, regularize=regularize
         )
         zeros = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
         state: tuple[Tensor, ...] = (z, zeros)

@@ -39,7 +39,8 @@ def _solver_options(method: str, t_span: float, options: dict | None, max_num_st
     return opts
 
 
-def _raise_solver_error(err: AssertionError) -> SolverError:
+def solver_error_from(err: AssertionError) -> SolverError:
+    """Translate torchdiffeq's assertion into a :class:`SolverError` that says what failed."""
     text = str(err)
     if "underflow" in text:
         what = "the adaptive step size underflowed (the dynamics became stiff)"
@@ -111,7 +112,7 @@ def integrate(
     try:
         out = solve(func, state, t, method=method, atol=atol, rtol=rtol, options=opts, **kwargs)
     except AssertionError as err:
-        raise _raise_solver_error(err) from err
+        raise solver_error_from(err) from err
     return tuple(s[-1] for s in out)
 
 
@@ -132,7 +133,10 @@ _DP_E = tuple(b - bl for b, bl in zip(_DP_B, _DP_B_LOW, strict=True))
 
 
 def _rms(x: Tensor) -> Tensor:
-    return x.pow(2).mean(dim=-1).sqrt()
+    """Row-wise root mean square, safe from overflow in the squares."""
+    peak = x.abs().amax(dim=-1)
+    safe = torch.where(peak > 0, peak, torch.ones_like(peak))
+    return peak * (x / safe.unsqueeze(-1)).pow(2).mean(dim=-1).sqrt()
 
 
 def integrate_rowwise(
@@ -198,6 +202,8 @@ def integrate_rowwise(
 
     k1 = f(tau, y)
     nfe = 1
+    if not (torch.isfinite(y).all() and torch.isfinite(k1).all()):
+        raise SolverError("the ODE state or its derivative is non-finite at the start")
     # Initial step (Hairer, Norsett & Wanner, II.4), per row.
     scale = atol + rtol * y.abs()
     d0 = _rms(y / scale)
@@ -215,6 +221,8 @@ def integrate_rowwise(
         (0.01 / big.clamp_min(1e-300)).to(torch.float64) ** (1 / 5),
     )
     h = torch.minimum(torch.minimum(100 * h, h1.to(torch.float64)), torch.full_like(h, length))
+    fallback = torch.full_like(h, 1e-6 * length)
+    h = torch.where(torch.isfinite(h) & (h > 0), h, fallback)
 
     active = torch.arange(n, device=device)
     steps = torch.zeros(n, dtype=torch.int64, device=device)
@@ -232,8 +240,8 @@ def integrate_rowwise(
         err = hd * sum(e * k for e, k in zip(_DP_E, ks, strict=True) if e != 0.0)
         tol = atol + rtol * torch.maximum(y.abs(), y_new.abs())
         ratio = _rms(err / tol).to(torch.float64)
-        if not torch.isfinite(y_new).all():
-            bad = ~torch.isfinite(y_new).all(dim=1)
+        if not (torch.isfinite(y_new).all() and torch.isfinite(ratio).all()):
+            bad = ~(torch.isfinite(y_new).all(dim=1) & torch.isfinite(ratio))
             if bool((ratio[bad] <= 1).any()) or bool((h[bad] < 1e-12 * length).any()):
                 raise SolverError("the ODE state became non-finite (NaN or inf)")
             ratio = torch.where(bad, torch.full_like(ratio, 1e10), ratio)

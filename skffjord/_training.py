@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ._flow import FFJORDFlow, TrainConfig
-from ._ode import SolverError
+from ._ode import SolverError, solver_error_from
 
 __all__ = ["FitConfig", "TrainingFailure", "TrainingResult", "train_flow"]
 
@@ -124,6 +124,9 @@ def train_flow(
     optimizer = torch.optim.Adam(params, lr=config.learning_rate_init, weight_decay=config.alpha)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
+        for group in optimizer.param_groups:  # the current settings win over the saved ones
+            group["lr"] = config.learning_rate_init
+            group["weight_decay"] = config.alpha
     result = TrainingResult()
     n = u_train.shape[0]
     batch_size = min(config.batch_size, n)
@@ -158,7 +161,10 @@ def train_flow(
                 if not torch.isfinite(loss):
                     raise TrainingFailure("the training loss became NaN or infinite")
                 nfe_forward = sum(d.nfe for d in dynamics)
-                loss.backward()
+                try:
+                    loss.backward()
+                except AssertionError as err:  # the adjoint's backward solve failed
+                    raise solver_error_from(err) from err
                 # the adjoint re-evaluates the field backwards; backprop does not.
                 nfe_back = sum(d.nfe for d in dynamics) - nfe_forward
                 if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):

@@ -453,3 +453,86 @@ def test_scoring_in_chunks_gives_the_same_scores(fitted, X, monkeypatch):
     whole = fitted.score_samples(X)
     monkeypatch.setattr(FFJORDDensity, "_chunk_rows", lambda self: 7)
     np.testing.assert_allclose(fitted.score_samples(X), whole, rtol=1e-12, atol=1e-12)
+
+
+def test_integer_hidden_layer_sizes(X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = tiny(hidden_layer_sizes=5).fit(X)
+    assert model.flow_.blocks[0].field.layers[0].linear.out_features == 5
+
+
+def test_warm_start_uses_new_optimizer_settings_and_rejects_new_structure(X, monkeypatch):
+    import skffjord._training as training
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = tiny(warm_start=True).fit(X)
+        seen = []
+        original = torch.optim.Adam.step
+
+        def spy(self, *a, **k):
+            seen.append((self.param_groups[0]["lr"], self.param_groups[0]["weight_decay"]))
+            return original(self, *a, **k)
+
+        monkeypatch.setattr(training.torch.optim.Adam, "step", spy)
+        model.set_params(learning_rate_init=0.05, alpha=0.1).fit(X)
+    assert seen and all(s == (0.05, 0.1) for s in seen)
+    with pytest.raises(ValueError, match="hidden_layer_sizes"):
+        model.set_params(hidden_layer_sizes=(4,)).fit(X)
+
+
+def test_early_stopping_with_zero_weight_split_is_a_clear_error(X):
+    w = np.zeros(len(X))
+    w[0] = 1.0  # one split must be left with zero weight
+    with pytest.raises(ValueError, match="sample weights are all zero"):
+        tiny(early_stopping=True, validation_fraction=0.5).fit(X, sample_weight=w)
+
+
+def test_jacobian_penalty_works_with_exact_trace(X):
+    from skffjord._flow import TrainConfig
+
+    model = tiny(max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X)
+    for block in model.flow_.blocks:
+        torch.nn.init.normal_(block.field.layers[-1].linear.weight)
+    u = model.flow_.standardize(torch.as_tensor(X))
+    cfg = TrainConfig(method="rk4", trace_estimator="exact", jacobian_reg=1.0)
+    _, reg, _ = model.flow_.train_log_prob(u, cfg, torch.Generator().manual_seed(0))
+    assert (reg > 0).all()
+
+
+@pytest.mark.parametrize("value", [1e300, 1e155, 1e20])
+def test_extreme_rows_score_minus_infinity_or_fail_fast(fitted, value):
+    """Far-away rows get a (near) -inf log-density or a SolverError, never a long spin."""
+    import time
+
+    start = time.perf_counter()
+    try:
+        score = fitted.score_samples(np.array([[value, 0.0, 0.0]]))[0]
+    except skffjord.SolverError:
+        score = -np.inf
+    assert score < -1e30
+    assert time.perf_counter() - start < 5
+
+
+def test_adjoint_backward_solver_failure_stops_cleanly(X, monkeypatch):
+    import torchdiffeq._impl.adjoint as adjoint_impl
+
+    original = adjoint_impl.odeint
+    calls = {"n": 0}
+
+    def fail_in_backward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # call 1: forward solve; call 2: the adjoint's backward solve
+            raise AssertionError("max_num_steps exceeded (12>=12)")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(adjoint_impl, "odeint", fail_in_backward)
+    model = tiny(adjoint=True, ode_solver="dopri5", ode_solver_params=None, max_iter=3)
+    with pytest.warns(ConvergenceWarning, match="step cap"):
+        model.fit(X)
+    assert model.stop_reason_ == "solver_failed"
+    assert calls["n"] == 2
