@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from numbers import Integral, Real
 from typing import Any
 
@@ -375,8 +376,9 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             jacobian_reg=float(self.jacobian_reg),
         )
 
-    def _eval_config(self) -> EvalConfig:
-        self._validate_params()
+    def _eval_config(self, *, validate: bool = True) -> EvalConfig:
+        if validate:  # parameters may have been set after fit
+            self._validate_params()
         options = dict(self.eval_ode_solver_params or {})
         max_steps = int(options.pop("max_num_steps", 10000))
         if self.eval_ode_solver == "dopri5" and options:
@@ -447,7 +449,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             raise ValueError("sample_weight must have a positive sum.")
         hidden = self._hidden_sizes()
         train_cfg = self._train_config()
-        self._eval_config()
+        self._eval_config(validate=False)  # checks the eval options; params validated above
         device = resolve_device(self.device)
         rs = check_random_state(self.random_state)
         init_seed, data_seed, probe_seed = spawn_seeds(rs, 3)
@@ -619,15 +621,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         check_is_fitted(self)
         _reject_non_numeric_columns(X)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        config = self._eval_config()
-        flow = self.flow_
-        device = next(iter(flow.buffers())).device
-        out = np.empty(X.shape[0], dtype=np.float64)
-        chunk = self._chunk_rows()
-        for start in range(0, X.shape[0], chunk):
-            x = torch.tensor(X[start : start + chunk], dtype=torch.float64, device=device)
-            out[start : start + chunk] = flow.log_prob(x, config).cpu().numpy()
-        return out
+        return self._apply_in_chunks(self.flow_.log_prob, X)
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per row (like GaussianMixture; KernelDensity sums).
@@ -666,20 +660,24 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         return self._to_data(z)
 
     def _to_data(self, z: np.ndarray) -> np.ndarray:
-        config = self._eval_config()
-        device = next(iter(self.flow_.buffers())).device
-        out = np.empty_like(z)
-        chunk = self._chunk_rows()
-        for start in range(0, z.shape[0], chunk):
-            zt = torch.tensor(z[start : start + chunk], dtype=torch.float64, device=device)
-            out[start : start + chunk] = self.flow_.to_data(zt, config).cpu().numpy()
-        return out
+        return self._apply_in_chunks(self.flow_.to_data, z)
 
     def _to_latent(self, X: np.ndarray) -> np.ndarray:
+        return self._apply_in_chunks(self.flow_.to_latent, X)
+
+    def _apply_in_chunks(
+        self, method: Callable[[torch.Tensor, EvalConfig], torch.Tensor], A: np.ndarray
+    ) -> np.ndarray:
+        """Run a flow method on float64 rows of ``A`` chunk by chunk (bounded memory)."""
         config = self._eval_config()
+        A = np.asarray(A, dtype=np.float64)
         device = next(iter(self.flow_.buffers())).device
-        x = torch.tensor(np.asarray(X, dtype=np.float64), device=device)
-        return self.flow_.to_latent(x, config).cpu().numpy()
+        parts = []
+        chunk = self._chunk_rows()
+        for start in range(0, A.shape[0], chunk):
+            rows = torch.tensor(A[start : start + chunk], dtype=torch.float64, device=device)
+            parts.append(method(rows, config).cpu().numpy())
+        return np.concatenate(parts) if parts else np.empty((0, *A.shape[1:-1]))
 
     # ------------------------------------------------------------------ persistence
     def __getstate__(self) -> dict:

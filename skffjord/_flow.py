@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +56,7 @@ class EvalConfig:
     method: str = "dopri5"
     atol: float = 1e-6
     rtol: float = 1e-6
-    options: dict | None = field(default=None)
+    options: dict | None = None
     max_num_steps: int = 10000
 
 
