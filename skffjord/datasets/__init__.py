@@ -1,0 +1,33 @@
+"""The five tabular benchmarks of MAF (Papamakarios et al., 2017), with their standard splits.
+
+Each ``fetch_*`` function works like scikit-learn's: it downloads what is missing into
+``data_home`` (default: the ``SKFFJORD_DATA`` environment variable, else ``~/skffjord_data``),
+verifies it, processes it exactly as the MAF loaders do, caches the processed splits and
+returns a :class:`~sklearn.utils.Bunch` with ``train``, ``validation``, ``test``,
+``feature_names`` and ``DESCR``.
+"""
+
+from ._base import DATA_HOME_ENV, DataIntegrityError, clear_data_home, get_data_home
+from ._fetchers import (
+    DATASETS,
+    fetch_bsds300,
+    fetch_dataset,
+    fetch_gas,
+    fetch_hepmass,
+    fetch_miniboone,
+    fetch_power,
+)
+
+__all__ = [
+    "DATASETS",
+    "DATA_HOME_ENV",
+    "DataIntegrityError",
+    "clear_data_home",
+    "fetch_bsds300",
+    "fetch_dataset",
+    "fetch_gas",
+    "fetch_hepmass",
+    "fetch_miniboone",
+    "fetch_power",
+    "get_data_home",
+]
