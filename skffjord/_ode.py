@@ -233,7 +233,7 @@ def integrate_rowwise(
         hd = h.to(dtype).unsqueeze(1)
         ks = [k1]
         for i in range(1, 7):
-            yi = y + hd * sum(a * k for a, k in zip(_DP_A[i], ks, strict=False) if a != 0.0)
+            yi = y + hd * sum(a * k for a, k in zip(_DP_A[i], ks, strict=True) if a != 0.0)
             ks.append(f(tau + _DP_C[i] * h, yi))
         nfe += 6
         y_new = y + hd * sum(b * k for b, k in zip(_DP_B, ks, strict=True) if b != 0.0)

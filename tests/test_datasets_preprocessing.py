@@ -49,7 +49,11 @@ def _maf_power_reference(raw):
     data = data + np.hstack((active, voltage, meters, np.zeros((n, 1))))
     n_test = int(0.1 * n)
     n_val = int(0.1 * (n - n_test))
-    train, val, test = data[: n - n_test - n_val], data[n - n_test - n_val : n - n_test], data[n - n_test :]
+    train, val, test = (
+        data[: n - n_test - n_val],
+        data[n - n_test - n_val : n - n_test],
+        data[n - n_test :],
+    )
     both = np.vstack((train, val))
     mu, sd = both.mean(0), both.std(0)
     return (train - mu) / sd, (val - mu) / sd, (test - mu) / sd
@@ -75,7 +79,7 @@ def test_power_matches_the_maf_loader_and_leaves_input_alone():
     before = raw.copy()
     ours = preprocess_power(raw)
     np.testing.assert_array_equal(raw, before)
-    for got, want in zip(ours, _maf_power_reference(raw)):
+    for got, want in zip(ours, _maf_power_reference(raw), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
@@ -104,7 +108,7 @@ def test_power_noise_is_one_quantum_on_the_right_column(raw_column, out_column, 
         assert all(np.ptp(g) < 1e-9 for g in groups)
         return
     assert max(np.ptp(g) for g in groups) > 0  # noise was added
-    for low, high in zip(groups, groups[1:]):
+    for low, high in zip(groups, groups[1:], strict=False):
         assert low.max() < high.min()  # noise is below one quantisation step
     # the noise spans (almost) a whole step: groups are not tighter than 0.9 of a quantum
     slope = np.polyfit(values, out, 1)[0]
@@ -161,7 +165,7 @@ def _hepmass_frames(seed=0):
         values = rng.normal(size=(n, 25))
         values[:, 3] = rng.integers(0, 4, n)  # discrete: min value occurs many times
         values[:, 10] = rng.integers(0, 3, n)
-        values[:, 17] = np.round(values[:, 17], 0)
+        values[:, 17] = np.clip(np.round(values[:, 17]), -1, 1)
         values[:, 20] = rng.integers(0, 2, n)
         # the minimum of column 7 occurs exactly 5 times: kept
         values[:5, 7] = values[:, 7].min() - 1

@@ -101,9 +101,7 @@ def cache_path(data_home: Path, name: str, variant: str = "maf") -> Path:
     return data_home / "processed" / f"{name}_{variant}.npz"
 
 
-def save_splits(
-    path: Path, splits: dict[str, np.ndarray], feature_names: Sequence[str]
-) -> None:
+def save_splits(path: Path, splits: dict[str, np.ndarray], feature_names: Sequence[str]) -> None:
     """Write the splits to ``path`` atomically (temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
@@ -141,7 +139,8 @@ def load_splits(
             array = splits[split]
             expected = (None if split_sizes is None else split_sizes[i], n_features)
             if array.ndim != 2 or any(
-                want is not None and got != want for got, want in zip(array.shape, expected)
+                want is not None and got != want
+                for got, want in zip(array.shape, expected, strict=True)
             ):
                 problem = f"split {split!r} has shape {array.shape}, expected {expected}"
                 break

@@ -59,8 +59,7 @@ def _grey_image(path: Path) -> np.ndarray:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "Building BSDS300 from images needs Pillow: pip install pillow "
-            "(or skffjord[datasets])."
+            "Building BSDS300 from images needs Pillow: pip install pillow (or skffjord[datasets])."
         ) from exc
     with Image.open(path) as image:
         return np.asarray(image.convert("L"), dtype=np.uint8)
@@ -72,12 +71,10 @@ def _counts(n_patches: int, n_images: int) -> np.ndarray:
     return counts
 
 
-def _patches(
-    paths: Sequence[Path], n_patches: int, rng: np.random.Generator
-) -> np.ndarray:
+def _patches(paths: Sequence[Path], n_patches: int, rng: np.random.Generator) -> np.ndarray:
     out = np.empty((n_patches, N_FEATURES), dtype=np.float32)
     start = 0
-    for path, count in zip(paths, _counts(n_patches, len(paths))):
+    for path, count in zip(paths, _counts(n_patches, len(paths)), strict=True):
         grey = _grey_image(path)
         rows = rng.integers(0, grey.shape[0] - PATCH_SIZE + 1, size=count)
         cols = rng.integers(0, grey.shape[1] - PATCH_SIZE + 1, size=count)

@@ -169,7 +169,7 @@ def preprocess_hepmass(
     train_array, test_array = train_array[:, keep], test_array[:, keep]
     n_validation = int(train_array.shape[0] * 0.1)
     split_at = train_array.shape[0] - n_validation
-    names = [str(name) for name, kept in zip(train.columns, keep) if kept]
+    names = [str(name) for name, kept in zip(train.columns, keep, strict=True) if kept]
     return (train_array[:split_at], train_array[split_at:], test_array), names
 
 
