@@ -173,10 +173,8 @@ def _expected(name, raw):
     return tuple(raw["bsds300"][k] for k in ("train", "validation", "test"))
 
 
-@pytest.fixture
-def maf_server(server, monkeypatch):
-    """The local server with a small MAF-layout archive, and the fetchers pointed at it."""
-    members, raw = _small_sources()
+def _serve_maf_archive(server, monkeypatch, members):
+    """Serve ``members`` as the MAF archive, with its true checksum and size."""
     archive = _tar_gz(members)
     server.routes["/maf/data.tar.gz"] = archive
     monkeypatch.setattr(
@@ -189,6 +187,13 @@ def maf_server(server, monkeypatch):
             len(archive),
         ),
     )
+
+
+@pytest.fixture
+def maf_server(server, monkeypatch):
+    """The local server with a small MAF-layout archive, and the fetchers pointed at it."""
+    members, raw = _small_sources()
+    _serve_maf_archive(server, monkeypatch, members)
     npy = members["data/miniboone/data.npy"]
     blob = hashlib.sha1(b"blob %d\0" % len(npy) + npy).hexdigest()
     for name in _fetchers.SPECS:
@@ -293,15 +298,7 @@ def test_wrong_checksum_raises_and_leaves_nothing(maf_server, monkeypatch, tmp_p
 def test_missing_member_raises_and_leaves_nothing(maf_server, monkeypatch, tmp_path):
     members = dict(maf_server.members)
     del members["data/gas/ethylene_CO.pickle"]
-    archive = _tar_gz(members)
-    maf_server.routes["/maf/data.tar.gz"] = archive
-    monkeypatch.setattr(
-        _fetchers,
-        "MAF_ARCHIVE",
-        replace(
-            _fetchers.MAF_ARCHIVE, sha256=hashlib.sha256(archive).hexdigest(), size=len(archive)
-        ),
-    )
+    _serve_maf_archive(maf_server, monkeypatch, members)
     with pytest.raises(DataIntegrityError, match="no member 'gas/ethylene_CO.pickle'"):
         fetch_gas(tmp_path, verbose=False)
     assert _files(tmp_path) == []
@@ -327,11 +324,7 @@ def test_wrong_shapes_raise_and_leave_nothing(maf_server, monkeypatch, tmp_path)
 def test_unreadable_member_raises(maf_server, monkeypatch, tmp_path):
     members = dict(maf_server.members)
     members["data/power/data.npy"] = _npy_bytes(np.zeros((30, 7)))  # 7 columns, not 8
-    archive = _tar_gz(members)
-    maf_server.routes["/maf/data.tar.gz"] = archive
-    monkeypatch.setattr(
-        _fetchers, "MAF_ARCHIVE", replace(_fetchers.MAF_ARCHIVE, sha256=None, size=None)
-    )
+    _serve_maf_archive(maf_server, monkeypatch, members)
     with pytest.raises(DataIntegrityError, match="8 columns"):
         fetch_power(tmp_path, verbose=False)
     assert _files(tmp_path) == []
