@@ -373,6 +373,8 @@ def test_bad_arguments(tmp_path, kwargs, match):
 def test_bad_bsds300_source(tmp_path):
     with pytest.raises(ValueError, match="source must be"):
         fetch_bsds300(tmp_path, source="png")
+    with pytest.raises(ValueError, match="images_dir is only used with source='images'"):
+        fetch_bsds300(tmp_path, images_dir=tmp_path)
 
 
 def test_data_home_not_writable(maf_server, tmp_path):

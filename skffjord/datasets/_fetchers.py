@@ -450,6 +450,8 @@ def fetch_bsds300(
         When the data is missing and ``download_if_missing=False``, or the download fails.
     """
     if source == "maf":
+        if images_dir is not None:
+            raise ValueError("images_dir is only used with source='images'.")
         return _fetch_from_maf_archive(
             "bsds300",
             data_home=data_home,
