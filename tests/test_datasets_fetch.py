@@ -309,16 +309,16 @@ def test_wrong_member_checksum_raises(maf_server, monkeypatch, tmp_path):
     monkeypatch.setitem(_fetchers.SPECS, "miniboone", spec)
     with pytest.raises(DataIntegrityError, match="git blob id"):
         fetch_miniboone(tmp_path, verbose=False)
-    assert _files(tmp_path) == []
+    assert _files(tmp_path) == ["maf/data.tar.gz"]  # no cache; the archive is kept
 
 
-def test_wrong_shapes_raise_and_leave_nothing(maf_server, monkeypatch, tmp_path):
+def test_wrong_shapes_raise_and_cache_nothing(maf_server, monkeypatch, tmp_path):
     # the published sizes against a small archive: the check must refuse it
     spec = replace(_fetchers.SPECS["power"], split_sizes=(1_659_917, 184_435, 204_928))
     monkeypatch.setitem(_fetchers.SPECS, "power", spec)
     with pytest.raises(DataIntegrityError, match="split shapes"):
         fetch_power(tmp_path, verbose=False)
-    assert _files(tmp_path) == []
+    assert _files(tmp_path) == ["maf/data.tar.gz"]  # no cache; the archive is kept
 
 
 def test_unreadable_member_raises(maf_server, monkeypatch, tmp_path):
@@ -327,7 +327,7 @@ def test_unreadable_member_raises(maf_server, monkeypatch, tmp_path):
     _serve_maf_archive(maf_server, monkeypatch, members)
     with pytest.raises(DataIntegrityError, match="8 columns"):
         fetch_power(tmp_path, verbose=False)
-    assert _files(tmp_path) == []
+    assert _files(tmp_path) == ["maf/data.tar.gz"]  # no cache; the archive is kept
 
 
 def test_corrupt_archive_already_in_place_is_reported_not_deleted(maf_server, tmp_path):
@@ -336,13 +336,77 @@ def test_corrupt_archive_already_in_place_is_reported_not_deleted(maf_server, tm
     with pytest.raises(DataIntegrityError, match="Delete .*data.tar.gz"):
         fetch_power(tmp_path)
     assert "/maf/data.tar.gz" not in maf_server.hits
+    assert (tmp_path / "maf" / "data.tar.gz").exists()
 
 
-def test_http_error_is_clear(server, monkeypatch, tmp_path):
+def test_http_error_is_clear_and_not_retried(server, monkeypatch, tmp_path):
     monkeypatch.setattr(_fetchers, "MAF_ARCHIVE", RemoteFile("data.tar.gz", server.url("/nope")))
-    with pytest.raises(OSError, match="Could not download .*nope"):
-        fetch_power(tmp_path, n_retries=0, verbose=False)
+    with pytest.raises(OSError, match="Could not download .*nope: HTTP 404"):
+        fetch_power(tmp_path, n_retries=3, delay=0, verbose=False)
+    assert server.hits["/nope"] == 1  # a 404 does not go away by asking again
     assert _files(tmp_path) == []
+
+
+def test_connection_refused_names_the_url(monkeypatch, tmp_path):
+    monkeypatch.setattr(
+        _fetchers, "MAF_ARCHIVE", RemoteFile("data.tar.gz", "http://127.0.0.1:9/data.tar.gz")
+    )
+    with pytest.raises(OSError, match="Could not download http://127.0.0.1:9/data.tar.gz"):
+        fetch_power(tmp_path, n_retries=1, delay=0, verbose=False)
+    assert _files(tmp_path) == []
+
+
+def test_a_disk_error_while_extracting_keeps_the_archive(maf_server, monkeypatch, tmp_path):
+    """A full disk is not the archive's fault: the error surfaces as it is and the 1 GB
+    download is kept."""
+    import builtins
+    import errno
+
+    from skffjord.datasets import _download
+
+    def full_disk_open(file, mode="r", *args, **kwargs):
+        if "w" in mode and ".skffjord-" in str(file):
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(_download, "open", full_disk_open, raising=False)
+    with pytest.raises(OSError, match="No space left") as info:
+        fetch_power(tmp_path, verbose=False)
+    assert not isinstance(info.value, DataIntegrityError)
+    assert _files(tmp_path) == ["maf/data.tar.gz"]
+
+
+def test_unreadable_pickle_is_a_clear_error(maf_server, monkeypatch, tmp_path):
+    members = dict(maf_server.members)
+    members["data/gas/ethylene_CO.pickle"] = b"\x80\x04 definitely not a pickle"
+    _serve_maf_archive(maf_server, monkeypatch, members)
+    with pytest.raises(DataIntegrityError, match="cannot read gas/ethylene_CO.pickle"):
+        fetch_gas(tmp_path, verbose=False)
+    assert _files(tmp_path) == ["maf/data.tar.gz"]
+
+
+def test_extract_members_writes_only_the_members_asked_for(tmp_path):
+    from skffjord.datasets._download import extract_members
+
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(_tar_gz({"data/x/a.npy": b"a", "data/y/b.npy": b"bb", "data/z": b"c"}))
+    out = tmp_path / "out"
+    out.mkdir()
+    found = extract_members(archive, ["y/b.npy"], out, strip_prefix="data/")
+    assert list(found) == ["y/b.npy"]
+    assert [p.name for p in out.iterdir()] == [found["y/b.npy"].name]
+    assert found["y/b.npy"].read_bytes() == b"bb"
+
+
+@pytest.mark.parametrize("name", ["../evil.jpg", "images/../../evil.jpg", "/abs.jpg", "a\\b.jpg"])
+def test_unsafe_member_names_are_refused(tmp_path, name):
+    from skffjord.datasets._download import extract
+
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(_tar_gz({name: b"x"}))
+    with pytest.raises(DataIntegrityError, match="Unsafe member name"):
+        extract(archive, tmp_path / "out", lambda key: True, flatten=False)
+    assert not (tmp_path / "evil.jpg").exists()
 
 
 def test_download_if_missing_false(maf_server, tmp_path):
@@ -528,6 +592,35 @@ def test_bsds300_images_downloaded_and_verified(server, monkeypatch, tmp_path):
     jpgs = [f for f in _files(home) if f.endswith(".jpg")]
     assert len(jpgs) == 9 and all(f.startswith("BSDS300/images/") for f in jpgs)
     assert "BSDS300-images.tgz" not in " ".join(_files(home))  # the archive is not kept
+
+
+def test_bsds300_incomplete_images_folder_is_replaced(server, monkeypatch, tmp_path):
+    source = tmp_path / "source" / "images"
+    _write_images(source)
+    archive = _tar_gz(
+        {f"BSDS300/images/{p.parent.name}/{p.name}": p.read_bytes() for p in source.rglob("*.jpg")}
+    )
+    server.routes["/bsds/BSDS300-images.tgz"] = archive
+    monkeypatch.setattr(
+        _fetchers,
+        "BSDS300_IMAGES",
+        RemoteFile("BSDS300-images.tgz", server.url("/bsds/BSDS300-images.tgz")),
+    )
+    spec = replace(
+        _fetchers.SPECS["bsds300"],
+        split_sizes=(300, 30, 120),
+        images_digest=images_digest(source),
+        n_images=(6, 3),
+    )
+    monkeypatch.setitem(_fetchers.SPECS, "bsds300", spec)
+    home = tmp_path / "home"
+    partial = home / "BSDS300" / "images" / "train"
+    partial.mkdir(parents=True)
+    (partial / "1000.jpg").write_bytes(b"half an earlier attempt")  # no test/ folder
+    bunch = fetch_bsds300(home, source="images", verbose=False)
+    assert bunch.test.shape == (120, 63)
+    assert images_digest(home / "BSDS300" / "images") == images_digest(source)
+    assert not [f for f in _files(home) if ".skffjord-" in f]
 
 
 def test_bsds300_wrong_images_raise_and_leave_nothing(server, monkeypatch, tmp_path):

@@ -80,7 +80,7 @@ def test_power_matches_the_maf_loader_and_leaves_input_alone():
     ours = preprocess_power(raw)
     np.testing.assert_array_equal(raw, before)
     for got, want in zip(ours, _maf_power_reference(raw), strict=True):
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(got, want)
 
 
 def test_power_standardisation_and_sizes():
@@ -158,17 +158,20 @@ def test_gas_without_the_label_columns_is_an_error():
 def _hepmass_frames(seed=0):
     rng = np.random.default_rng(seed)
     n_train, n_test = 900, 400
-    names = [f"f{i}" for i in range(25)]
+    names = [f"f{i}" for i in range(26)]
 
     def table(n, extra):
         label = rng.integers(0, 2, n).astype(float)
-        values = rng.normal(size=(n, 25))
+        values = rng.normal(size=(n, 26))
         values[:, 3] = rng.integers(0, 4, n)  # discrete: min value occurs many times
         values[:, 10] = rng.integers(0, 3, n)
         values[:, 17] = np.clip(np.round(values[:, 17]), -1, 1)
         values[:, 20] = rng.integers(0, 2, n)
-        # the minimum of column 7 occurs exactly 5 times: kept
-        values[:5, 7] = values[:, 7].min() - 1
+        # among the positive rows, the minimum of column 7 occurs exactly 5 times (kept) and
+        # that of column 8 exactly 6 times (dropped): the rule is "more than 5"
+        positive = np.flatnonzero(label == 1)
+        values[positive[:5], 7] = values[:, 7].min() - 1
+        values[positive[:6], 8] = values[:, 8].min() - 1
         frame = pd.DataFrame(values, columns=names)
         frame.insert(0, "# label", label)
         if extra:
@@ -184,7 +187,7 @@ def test_hepmass_steps():
     positives = train_frame[train_frame["# label"] == 1]
     n_pos = len(positives)
     n_val = int(0.1 * n_pos)
-    assert names == [f"f{i}" for i in range(25) if i not in (3, 10, 17, 20)]
+    assert names == [f"f{i}" for i in range(26) if i not in (3, 8, 10, 17, 20)]
     assert train.shape == (n_pos - n_val, 21)
     assert validation.shape == (n_val, 21)
     assert test.shape == ((test_frame["# label"] == 1).sum(), 21)

@@ -53,8 +53,8 @@ def get_data_home(data_home: str | os.PathLike[str] | None = None) -> Path:
     Examples
     --------
     >>> from skffjord.datasets import get_data_home
-    >>> get_data_home("/tmp/my_data").as_posix()
-    '/tmp/my_data'
+    >>> get_data_home("my_data").name
+    'my_data'
     """
     if data_home is None:
         data_home = os.environ.get(DATA_HOME_ENV) or os.path.join("~", "skffjord_data")

@@ -43,8 +43,9 @@ def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
 def images_digest(folder: Path) -> str:
     """SHA-256 of the checksum list of the images, in ``sha256sum`` format sorted by path.
 
-    For the 300 original BSDS300 images this equals the SHA-256 of the ``SHA256SUMS`` file
-    that comes with the staged images: one line ``<sha256>  images/<split>/<id>.jpg`` each.
+    The list has one line ``<sha256>  images/<split>/<id>.jpg`` per image, as ``sha256sum``
+    prints it, sorted by path. For the 300 original BSDS300 images the result is the constant
+    the fetcher checks against.
     """
     lines = []
     for split in ("test", "train"):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import os
-import shutil
 import sys
 import tarfile
 import tempfile
@@ -126,11 +126,26 @@ def download(
             try:
                 digest = _download_once(remote, tmp, timeout=timeout, verbose=verbose)
                 break
-            except (urllib.error.URLError, TimeoutError, ConnectionError, DataIntegrityError):
+            except urllib.error.HTTPError as exc:
+                # a client error (404, 403, ...) will not go away by asking again
+                if exc.code < 500 or attempt == n_retries:
+                    raise OSError(
+                        f"Could not download {remote.url}: HTTP {exc.code} {exc.reason}"
+                    ) from exc
+            except (
+                urllib.error.URLError,
+                TimeoutError,
+                ConnectionError,
+                http.client.HTTPException,
+                DataIntegrityError,
+            ) as exc:
                 # A checksum mismatch is raised below, outside this retry loop.
                 if attempt == n_retries:
-                    raise
-                time.sleep(delay)
+                    if isinstance(exc, DataIntegrityError):
+                        raise
+                    reason = getattr(exc, "reason", exc)
+                    raise OSError(f"Could not download {remote.url}: {reason}") from exc
+            time.sleep(delay)
         if remote.sha256 is not None and digest != remote.sha256:
             raise DataIntegrityError(
                 f"Checksum mismatch for {remote.url}: SHA-256 {digest}, expected "
@@ -138,16 +153,27 @@ def download(
             )
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, target)
-    except urllib.error.URLError as exc:
-        raise OSError(f"Could not download {remote.url}: {exc.reason}") from exc
     finally:
         _remove(tmp)
     return target
 
 
 def _member_key(name: str, prefix: str) -> str:
-    name = name.lstrip("./")
-    return name[len(prefix) :] if prefix and name.startswith(prefix) else name
+    name = name.removeprefix("./")
+    return name.removeprefix(prefix) if prefix else name
+
+
+def _safe_target(folder: Path, key: str, flatten: bool, archive: Path) -> Path:
+    """Where member ``key`` is written; names that could escape ``folder`` are refused."""
+    parts = key.split("/")
+    if (
+        key.startswith("/")
+        or "\\" in key
+        or ":" in key
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise DataIntegrityError(f"Unsafe member name {key!r} in {archive}.")
+    return folder / ("__".join(parts) if flatten else Path(*parts))
 
 
 def extract(
@@ -183,15 +209,16 @@ def extract(
                 key = _member_key(info.name, strip_prefix)
                 if key in found or not info.isfile() or not select(key):
                     continue
-                if ".." in key.split("/"):
-                    raise DataIntegrityError(f"Unsafe member name {info.name!r} in {archive}.")
+                out = _safe_target(folder, key, flatten, archive)
                 source = tar.extractfile(info)
                 if source is None:  # pragma: no cover - isfile() members always have data
                     continue
-                out = folder / (key.replace("/", "__") if flatten else key)
                 out.parent.mkdir(parents=True, exist_ok=True)
+                # Errors writing `out` (a full disk, permissions) are not the archive's fault:
+                # they propagate as they are; only reading errors are reported as a bad archive.
                 with source, open(out, "wb") as fh:
-                    shutil.copyfileobj(source, fh, _CHUNK)
+                    while chunk := source.read(_CHUNK):
+                        fh.write(chunk)
                 if out.stat().st_size != info.size:
                     raise DataIntegrityError(
                         f"Member {info.name!r} of {archive} is truncated: "
@@ -200,9 +227,7 @@ def extract(
                 found[key] = out
                 if stop_after is not None and len(found) == stop_after:
                     break
-    except DataIntegrityError:
-        raise
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise DataIntegrityError(
             f"The archive {archive} is unreadable or truncated ({type(exc).__name__}: {exc})."
         ) from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -101,9 +102,28 @@ def _process_power(paths: dict[str, Path]) -> tuple[dict[str, np.ndarray], list[
     return {"train": train, "validation": validation, "test": test}, list(POWER_FEATURES)
 
 
+def _read_old_pickle(path: Path, member: str) -> object:
+    """Read a pandas pickle, falling back to pandas' compatibility unpickler with latin-1
+    strings, for pickles written by Python 2 and old pandas (as MAF's may be)."""
+    try:
+        return pd.read_pickle(path)
+    except Exception as first:  # unpickling can raise nearly anything
+        try:
+            from pandas.compat.pickle_compat import Unpickler
+
+            with open(path, "rb") as fh:
+                return Unpickler(fh, encoding="latin1").load()
+        except Exception:
+            raise ValueError(
+                f"pandas {pd.__version__} cannot read {member} ({type(first).__name__}: "
+                f"{first}). The file is a pickle written by an old pandas under Python 2; an "
+                "older pandas (2.x) may read it."
+            ) from first
+
+
 def _process_gas(paths: dict[str, Path]) -> tuple[dict[str, np.ndarray], list[str]]:
     # MAF ships GAS as a pandas pickle; reading it runs pickle on the archive's bytes.
-    frame = pd.read_pickle(paths["gas/ethylene_CO.pickle"])
+    frame = _read_old_pickle(paths["gas/ethylene_CO.pickle"], "gas/ethylene_CO.pickle")
     if not isinstance(frame, pd.DataFrame):
         raise ValueError(f"expected a pandas DataFrame, got {type(frame).__name__}")
     (train, validation, test), names = preprocess_gas(frame)
@@ -149,6 +169,10 @@ def _check_splits(spec: DatasetSpec, splits: dict[str, np.ndarray], source: str)
             raise DataIntegrityError(
                 f"{spec.name.upper()} from {source}: split {split!r} has non-finite values."
             )
+
+
+def _add_hint(exc: BaseException, hint: str) -> None:
+    exc.args = (f"{exc.args[0]} {hint}", *exc.args[1:]) if exc.args else (hint,)
 
 
 def _is_writable(folder: Path) -> bool:
@@ -221,10 +245,18 @@ def _fetch_from_maf_archive(
         download(MAF_ARCHIVE, archive.parent, n_retries=n_retries, delay=delay, verbose=verbose)
         downloaded = True
     writable = _is_writable(home)
-    source = f"{archive}"
-    try:
-        with tempfile.TemporaryDirectory(dir=home if writable else None) as workdir:
+    workdir_parent = home if writable else None
+    with tempfile.TemporaryDirectory(dir=workdir_parent, prefix=".skffjord-") as workdir:
+        try:
             paths = extract_members(archive, spec.members, Path(workdir), strip_prefix="data/")
+        except DataIntegrityError as exc:
+            # the archive itself is bad (unreadable, truncated, without the member)
+            if downloaded:
+                archive.unlink(missing_ok=True)
+            else:
+                _add_hint(exc, f"Delete {archive} to download it again.")
+            raise
+        try:
             for member, blob in spec.member_blobs:
                 found = git_blob_sha1(paths[member])
                 if found != blob:
@@ -236,20 +268,24 @@ def _fetch_from_maf_archive(
                 splits, names = _PROCESSORS[name](paths)
             except DataIntegrityError:
                 raise
-            except (ValueError, TypeError, KeyError, OSError, EOFError) as exc:
+            except (
+                ValueError,
+                TypeError,
+                KeyError,
+                AttributeError,
+                ImportError,
+                EOFError,
+                pickle.UnpicklingError,
+            ) as exc:
                 raise DataIntegrityError(
                     f"Could not read {name.upper()} from {archive}: {exc}"
                 ) from exc
-        _check_splits(spec, splits, source)
-    except DataIntegrityError as exc:
-        if downloaded:
-            archive.unlink(missing_ok=True)
-        else:
-            exc.args = (
-                f"{exc.args[0]} Delete {archive} to download it again.",
-                *exc.args[1:],
-            )
-        raise
+            _check_splits(spec, splits, str(archive))
+        except DataIntegrityError as exc:
+            # The archive reads but this member is not what MAF published. It is kept (it may
+            # serve the other datasets); nothing is cached.
+            _add_hint(exc, f"If {archive} is not MAF's archive, delete it to download it again.")
+            raise
     _save_or_warn(cache, splits, names, writable)
     return make_bunch(splits, names, name, as_frame=as_frame)
 
@@ -350,7 +386,8 @@ def _images_present(folder: Path) -> bool:
 def _download_images(home: Path, spec: DatasetSpec, **download_kwargs: object) -> None:
     """Download the Berkeley archive and unpack its JPEGs into ``home/BSDS300/images``."""
     ensure_writable(home)
-    with tempfile.TemporaryDirectory(dir=home) as workdir:
+    target = _image_folder(home)
+    with tempfile.TemporaryDirectory(dir=home, prefix=".skffjord-") as workdir:
         archive = download(BSDS300_IMAGES, Path(workdir), **download_kwargs)  # type: ignore[arg-type]
         unpacked = Path(workdir) / "unpacked"
         extract(
@@ -361,8 +398,12 @@ def _download_images(home: Path, spec: DatasetSpec, **download_kwargs: object) -
             flatten=False,
         )
         _verify_images(unpacked / "images", spec, str(BSDS300_IMAGES.url))
-        target = _image_folder(home)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            # an incomplete folder from an earlier attempt, or another process that got there
+            # first: set it aside, put the verified images in place, then drop it
+            stale = Path(workdir) / "stale"
+            os.replace(target, stale)
         os.replace(unpacked / "images", target)
 
 
@@ -484,7 +525,12 @@ def fetch_bsds300(
         if not download_if_missing:
             raise _missing("bsds300", home)
         _download_images(home, spec, n_retries=n_retries, delay=delay, verbose=verbose)
-    _verify_images(folder, spec, str(folder))
+    try:
+        _verify_images(folder, spec, str(folder))
+    except DataIntegrityError as exc:
+        if images_dir is None:
+            _add_hint(exc, f"Delete {folder} to download the images again.")
+        raise
     train, test = _bsds300.list_images(folder)
     n_train, n_validation, n_test = spec.split_sizes
     splits = _bsds300.patches_from_images(

@@ -26,7 +26,11 @@ Splits = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def split_tail(data: np.ndarray) -> Splits:
     """MAF's split: the last ``int(0.1 * N)`` rows are test, then the last 10% of the rest
-    are validation, and the remaining rows are train. No shuffling happens here."""
+    are validation, and the remaining rows are train. No shuffling happens here.
+
+    For fewer than 10 rows ``int(0.1 * N)`` is 0 and this gives an empty split, where MAF's
+    ``data[-0:]`` would take every row; the benchmark datasets are far larger.
+    """
     n_test = int(0.1 * data.shape[0])
     rest, test = data[: data.shape[0] - n_test], data[data.shape[0] - n_test :]
     n_validation = int(0.1 * rest.shape[0])
@@ -139,7 +143,8 @@ def preprocess_hepmass(
     1. In both tables keep only the rows whose first column (the class label) is 1, and drop
        that column. From the test table also drop its last column.
     2. Standardise both tables with the mean and (sample, ``ddof=1``, pandas') standard
-       deviation of the training rows, matching columns by name as pandas does.
+       deviation of the training rows. MAF's pandas code matches the columns by name, so the
+       test columns must carry the train columns' names; a mismatch raises ``ValueError``.
     3. Drop every feature whose smallest training value occurs more than 5 times (discrete
        features). 21 features remain.
     4. The last ``int(0.1 * N)`` training rows are validation; the test table is the test split.
