@@ -559,10 +559,11 @@ def test_bsds300_patches_follow_the_image(tmp_path):
     assert np.all(np.abs(restored - splits["test"][:, 62] - 4 / 256) < 1 / 256)
 
 
-def test_bsds300_images_downloaded_and_verified(server, monkeypatch, tmp_path):
+def _serve_images(server, monkeypatch, tmp_path, *, small_spec=True):
+    """Nine random JPEGs in the Berkeley archive's layout, served locally; with
+    ``small_spec`` the BSDS300 spec expects exactly them (their digest and counts)."""
     source = tmp_path / "source" / "images"
     _write_images(source)
-    digest = images_digest(source)
     members = {
         f"BSDS300/images/{p.parent.name}/{p.name}": p.read_bytes()
         for p in sorted(source.rglob("*.jpg"))
@@ -579,13 +580,19 @@ def test_bsds300_images_downloaded_and_verified(server, monkeypatch, tmp_path):
             hashlib.sha256(archive).hexdigest(),
         ),
     )
-    spec = replace(
-        _fetchers.SPECS["bsds300"],
-        split_sizes=(300, 30, 120),
-        images_digest=digest,
-        n_images=(6, 3),
-    )
-    monkeypatch.setitem(_fetchers.SPECS, "bsds300", spec)
+    if small_spec:
+        spec = replace(
+            _fetchers.SPECS["bsds300"],
+            split_sizes=(300, 30, 120),
+            images_digest=images_digest(source),
+            n_images=(6, 3),
+        )
+        monkeypatch.setitem(_fetchers.SPECS, "bsds300", spec)
+    return source
+
+
+def test_bsds300_images_downloaded_and_verified(server, monkeypatch, tmp_path):
+    _serve_images(server, monkeypatch, tmp_path)
     home = tmp_path / "home"
     bunch = fetch_bsds300(home, source="images", verbose=False)
     assert bunch.train.shape == (300, 63)
@@ -595,24 +602,7 @@ def test_bsds300_images_downloaded_and_verified(server, monkeypatch, tmp_path):
 
 
 def test_bsds300_incomplete_images_folder_is_replaced(server, monkeypatch, tmp_path):
-    source = tmp_path / "source" / "images"
-    _write_images(source)
-    archive = _tar_gz(
-        {f"BSDS300/images/{p.parent.name}/{p.name}": p.read_bytes() for p in source.rglob("*.jpg")}
-    )
-    server.routes["/bsds/BSDS300-images.tgz"] = archive
-    monkeypatch.setattr(
-        _fetchers,
-        "BSDS300_IMAGES",
-        RemoteFile("BSDS300-images.tgz", server.url("/bsds/BSDS300-images.tgz")),
-    )
-    spec = replace(
-        _fetchers.SPECS["bsds300"],
-        split_sizes=(300, 30, 120),
-        images_digest=images_digest(source),
-        n_images=(6, 3),
-    )
-    monkeypatch.setitem(_fetchers.SPECS, "bsds300", spec)
+    source = _serve_images(server, monkeypatch, tmp_path)
     home = tmp_path / "home"
     partial = home / "BSDS300" / "images" / "train"
     partial.mkdir(parents=True)
@@ -624,17 +614,7 @@ def test_bsds300_incomplete_images_folder_is_replaced(server, monkeypatch, tmp_p
 
 
 def test_bsds300_wrong_images_raise_and_leave_nothing(server, monkeypatch, tmp_path):
-    source = tmp_path / "source" / "images"
-    _write_images(source)
-    archive = _tar_gz(
-        {f"BSDS300/images/{p.parent.name}/{p.name}": p.read_bytes() for p in source.rglob("*.jpg")}
-    )
-    server.routes["/bsds/BSDS300-images.tgz"] = archive
-    monkeypatch.setattr(
-        _fetchers,
-        "BSDS300_IMAGES",
-        RemoteFile("BSDS300-images.tgz", server.url("/bsds/BSDS300-images.tgz")),
-    )
+    _serve_images(server, monkeypatch, tmp_path, small_spec=False)
     home = tmp_path / "home"
     # the real digest and counts: these 9 random images are not BSDS300
     with pytest.raises(DataIntegrityError, match="BSDS300 has 200 and 100|not the original"):
