@@ -1,0 +1,78 @@
+"""Simulation-free training of the flow's vector fields by conditional flow matching.
+
+The flow maps data ``x = z(0)`` to noise ``z(T)``. Flow matching regresses the vector field
+onto the velocity of a straight (conditional optimal-transport) path between a data row ``u``
+and a Gaussian draw ``e``: ``z_s = (1 - s) u + s e`` for ``s`` in [0, 1], whose velocity is
+``e - u`` (Lipman et al., 2023; Tong et al., 2024). With ``K`` blocks of length ``T`` each, block
+``k`` covers ``s`` in ``[k/K, (k+1)/K]`` at its local time ``t = (K s - k) T``, so its target is
+``(e - u) / (K T)``. No ODE is solved during training; likelihoods are then computed exactly
+from the same field by the instantaneous change of variables.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._flow import FFJORDFlow
+
+__all__ = ["flow_matching_loss"]
+
+
+def _ot_pairing(u: Tensor, noise: Tensor) -> Tensor:
+    """Reorder ``noise`` to the minibatch optimal-transport pairing with ``u`` (squared
+    Euclidean cost, exact assignment)."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = torch.cdist(u.detach().double(), noise.detach().double()).pow(2).cpu().numpy()
+    _, cols = linear_sum_assignment(cost)
+    return noise[torch.as_tensor(cols, device=noise.device)]
+
+
+def flow_matching_loss(
+    flow: FFJORDFlow,
+    u: Tensor,
+    weights: Tensor,
+    generator: torch.Generator | None,
+    *,
+    coupling: str = "independent",
+) -> Tensor:
+    """Weighted mean squared error between the fields and the path velocities.
+
+    Parameters
+    ----------
+    flow : FFJORDFlow
+        Its blocks' fields are trained; ``u`` is already standardised.
+    u : Tensor of shape (n, d)
+    weights : Tensor of shape (n,)
+    generator : torch.Generator or None
+        Source of the Gaussian end points and of the times.
+    coupling : {"independent", "ot"}
+        ``"ot"`` pairs rows and Gaussian draws by the minibatch optimal-transport assignment,
+        which straightens the learned flow (fewer solver steps when scoring).
+
+    Returns
+    -------
+    loss : Tensor (scalar)
+    """
+    n = u.shape[0]
+    noise = torch.randn(u.shape, generator=generator, dtype=u.dtype, device=u.device)
+    if coupling == "ot":
+        noise = _ot_pairing(u, noise)
+    s = torch.rand((n, 1), generator=generator, dtype=u.dtype, device=u.device)
+    z = (1 - s) * u + s * noise
+    n_blocks = len(flow.blocks)
+    position = s * n_blocks
+    index = position.floor().clamp(max=n_blocks - 1).squeeze(1).long()
+    prediction = torch.zeros_like(u)
+    target = torch.empty_like(u)
+    for k, block in enumerate(flow.blocks):
+        rows = index == k
+        if not bool(rows.any()):
+            continue
+        length = block.integration_time
+        t = (position[rows] - k) * length
+        prediction = prediction.index_put((rows,), block.field(t, z[rows]))
+        target[rows] = (noise[rows] - u[rows]) / (n_blocks * length)
+    per_row = (prediction - target).pow(2).sum(dim=1)
+    return (per_row * weights).sum() / weights.sum()
