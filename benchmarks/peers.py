@@ -1,0 +1,361 @@
+"""FFJORDDensity against its peers, side by side, at an equal wall-clock budget per model.
+
+Every model trains in its own spawned process (same thread count, same splits, same budget),
+so that peak memory is measured per model. Reported per model: test negative log-likelihood in
+nats per row ± 2 standard errors (MAF convention: standardised data, lower is better), fit
+seconds, optimizer steps, function evaluations per training solve (ours and zuko's CNF),
+score throughput in rows/s and peak resident memory. Output: a markdown table on stdout, a JSON
+file and a plot of validation NLL against wall time.
+
+Models: FFJORDDensity with its defaults and with ``training="flow_matching"``; zuko's CNF with
+the exact trace (its default) and with the Hutchinson estimator; zuko's NSF and MAF; scikit-learn's
+GaussianMixture (components chosen on validation) and KernelDensity (bandwidth chosen on
+validation). Peers that are not installed are skipped with a message (``pip install .[bench]``).
+
+    python benchmarks/peers.py --dataset miniboone --synthetic --budget 600 --out peers.json
+    python benchmarks/peers.py --dataset bsds300 --bsds300-source images \\
+        --images-dir ../shared/data/BSDS300/images --n-train 100000 --budget 600
+
+Validation NLL is measured at about ten points during each fit, on at most ``--n-val`` rows;
+that time is not charged to the budget. The best-validation weights are kept for the test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import multiprocessing as mp
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+MODELS = (
+    "ffjord_default",
+    "ffjord_flow_matching",
+    "zuko_cnf_exact",
+    "zuko_cnf_hutchinson",
+    "zuko_nsf",
+    "zuko_maf",
+    "gmm",
+    "kde",
+)
+
+
+def load_splits(args):
+    """Train/validation/test arrays (float64), standardised as in the MAF convention."""
+    from maf_datasets import SHAPES, synthetic_stand_in
+
+    rng = np.random.default_rng(args.seed)
+    if args.synthetic:
+        n_train = args.n_train or min(SHAPES[args.dataset][1], 50_000)
+        n_val = args.n_val
+        n_test = args.n_test or 5000
+        train, rest = synthetic_stand_in(args.dataset, n_train, n_val + n_test, args.seed)
+        return train, rest[:n_val], rest[n_val:], "synthetic stand-in (NOT the real dataset)"
+    from skffjord.datasets import fetch_dataset
+
+    kwargs = {"data_home": args.data_home}
+    source = "MAF archive"
+    if args.dataset == "bsds300":
+        kwargs.update(source=args.bsds300_source, images_dir=args.images_dir)
+        if args.bsds300_source == "images":
+            source = "original images, MAF recipe"
+    bunch = fetch_dataset(args.dataset, **kwargs)
+
+    def pick(array, n):
+        if n is None or n >= array.shape[0]:
+            return np.asarray(array, dtype=np.float64)
+        return np.asarray(array[rng.choice(array.shape[0], n, replace=False)], dtype=np.float64)
+
+    return (
+        pick(bunch.train, args.n_train),
+        pick(bunch.validation, args.n_val),
+        pick(bunch.test, args.n_test),
+        source,
+    )
+
+
+def _stderr2(values):
+    values = np.asarray(values, dtype=float)
+    return float(2 * values.std(ddof=1) / math.sqrt(values.size))
+
+
+# --------------------------------------------------------------------------- our estimator
+
+
+def run_ffjord(name, train, val, test, budget, seed):
+    from sklearn.exceptions import ConvergenceWarning
+
+    from skffjord import FFJORDDensity
+
+    params = dict(random_state=seed, max_iter=10**6)
+    if name == "ffjord_flow_matching":
+        params["training"] = "flow_matching"
+    model = FFJORDDensity(warm_start=True, **params)
+    curve, spent, steps, nfe = [], 0.0, 0, []
+    best, best_model = -math.inf, None
+    slice_seconds = budget / 10
+    while spent < budget - 1e-6:
+        model.set_params(max_time=max(min(slice_seconds, budget - spent), 1e-3))
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(train)
+        spent += time.perf_counter() - t0
+        steps += sum(h["n_steps"] for h in model.history_)
+        nfe += [h["nfe"] for h in model.history_]
+        score = float(model.score(val))
+        curve.append((spent, -score))
+        if score > best:
+            best, best_model = score, copy.deepcopy(model)
+        if model.stop_reason_ not in ("max_time", "max_iter"):
+            break
+    t0 = time.perf_counter()
+    scores = best_model.score_samples(test)
+    score_seconds = time.perf_counter() - t0
+    return {
+        "test_nll": -float(scores.mean()),
+        "test_nll_2se": _stderr2(scores),
+        "fit_seconds": spent,
+        "steps": steps,
+        "nfe_per_solve": float(np.mean(nfe)) if nfe else None,
+        "score_rows_per_s": test.shape[0] / score_seconds,
+        "curve": curve,
+    }
+
+
+# --------------------------------------------------------------------------- zuko flows
+
+
+def _zuko_flow(name, d):
+    import zuko
+
+    if name == "zuko_cnf_exact":
+        return zuko.flows.CNF(d, hidden_features=(128, 128), exact=True)
+    if name == "zuko_cnf_hutchinson":
+        return zuko.flows.CNF(d, hidden_features=(128, 128), exact=False)
+    if name == "zuko_nsf":
+        return zuko.flows.NSF(d, transforms=5, hidden_features=(128, 128))
+    return zuko.flows.MAF(d, transforms=5, hidden_features=(128, 128))
+
+
+def _mean_log_prob(flow, x, batch=2048):
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch):
+            out.append(flow().log_prob(x[start : start + batch]).double())
+    return torch.cat(out).cpu().numpy()
+
+
+def run_zuko(name, train, val, test, budget, seed, batch_size=512, lr=1e-3):
+    import torch
+
+    torch.manual_seed(seed)
+    d = train.shape[1]
+    flow = _zuko_flow(name, d)
+    counter = {"calls": 0}
+    if name.startswith("zuko_cnf"):
+        flow.transform.ode.register_forward_hook(
+            lambda *a: counter.__setitem__("calls", counter["calls"] + 1)
+        )
+    x_train = torch.as_tensor(train, dtype=torch.float32)
+    x_val = torch.as_tensor(val, dtype=torch.float32)
+    x_test = torch.as_tensor(test, dtype=torch.float32)
+    optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    spent, steps, curve, nfe = 0.0, 0, [], []
+    best, best_state = -math.inf, copy.deepcopy(flow.state_dict())
+    next_eval = budget / 10
+    while spent < budget:
+        order = torch.randperm(x_train.shape[0], generator=gen)
+        for start in range(0, x_train.shape[0], batch_size):
+            t0 = time.perf_counter()
+            counter["calls"] = 0
+            loss = -flow().log_prob(x_train[order[start : start + batch_size]]).mean()
+            nfe.append(counter["calls"])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            spent += time.perf_counter() - t0
+            steps += 1
+            if spent >= next_eval or spent >= budget:
+                next_eval += budget / 10
+                score = float(np.mean(_mean_log_prob(flow, x_val)))
+                curve.append((spent, -score))
+                if math.isfinite(score) and score > best:
+                    best, best_state = score, copy.deepcopy(flow.state_dict())
+            if spent >= budget:
+                break
+    flow.load_state_dict(best_state)
+    t0 = time.perf_counter()
+    scores = _mean_log_prob(flow, x_test)
+    score_seconds = time.perf_counter() - t0
+    return {
+        "test_nll": -float(scores.mean()),
+        "test_nll_2se": _stderr2(scores),
+        "fit_seconds": spent,
+        "steps": steps,
+        "nfe_per_solve": float(np.mean(nfe)) if name.startswith("zuko_cnf") else None,
+        "score_rows_per_s": test.shape[0] / score_seconds,
+        "curve": curve,
+    }
+
+
+# --------------------------------------------------------------------------- scikit-learn
+
+
+def run_sklearn(name, train, val, test, budget, seed):
+    from sklearn.mixture import GaussianMixture
+    from sklearn.neighbors import KernelDensity
+
+    if name == "gmm":
+        grid = [1, 2, 5, 10, 20, 50, 100]
+        make = lambda k: GaussianMixture(k, covariance_type="full", random_state=seed)  # noqa: E731
+    else:
+        grid = list(np.geomspace(0.02, 2.0, 12))
+        make = lambda h: KernelDensity(bandwidth=h)  # noqa: E731
+    spent, curve = 0.0, []
+    best, best_model = -math.inf, None
+    for value in grid:
+        if spent >= budget:
+            break
+        t0 = time.perf_counter()
+        model = make(value).fit(train)
+        spent += time.perf_counter() - t0
+        score = float(model.score_samples(val).mean())
+        curve.append((spent, -score))
+        if score > best:
+            best, best_model, chosen = score, model, value
+    t0 = time.perf_counter()
+    scores = best_model.score_samples(test)
+    score_seconds = time.perf_counter() - t0
+    return {
+        "test_nll": -float(scores.mean()),
+        "test_nll_2se": _stderr2(scores),
+        "fit_seconds": spent,
+        "steps": len(curve),
+        "nfe_per_solve": None,
+        "score_rows_per_s": test.shape[0] / score_seconds,
+        "curve": curve,
+        "chosen": float(chosen),
+    }
+
+
+def _child(name, args, queue):
+    import torch
+
+    torch.set_num_threads(args.threads)
+    train, val, test, source = load_splits(args)
+    try:
+        if name.startswith("ffjord"):
+            result = run_ffjord(name, train, val, test, args.budget, args.seed)
+        elif name.startswith("zuko"):
+            result = run_zuko(name, train, val, test, args.budget, args.seed)
+        else:
+            result = run_sklearn(name, train, val, test, args.budget, args.seed)
+        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result.update(model=name, source=source, d=train.shape[1], n_train=train.shape[0])
+        queue.put(result)
+    except Exception as exc:  # report, do not crash the whole run
+        queue.put({"model": name, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def main(argv=None):
+    from maf_datasets import SHAPES
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="miniboone", choices=list(SHAPES))
+    parser.add_argument("--synthetic", action="store_true")
+    parser.add_argument("--data-home", default=None)
+    parser.add_argument("--bsds300-source", default="maf", choices=["maf", "images"])
+    parser.add_argument("--images-dir", default=None)
+    parser.add_argument("--n-train", type=int, default=None)
+    parser.add_argument("--n-val", type=int, default=2000)
+    parser.add_argument("--n-test", type=int, default=None)
+    parser.add_argument("--budget", type=float, default=600.0, help="seconds of fitting per model")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="peers.json")
+    parser.add_argument("--plot", default="peers_validation.png")
+    args = parser.parse_args(argv)
+
+    names = [m for m in args.models.split(",") if m]
+    try:
+        import zuko  # noqa: F401
+    except ImportError:
+        skipped = [m for m in names if m.startswith("zuko")]
+        print(f"zuko is not installed: skipping {skipped} (pip install .[bench])")
+        names = [m for m in names if not m.startswith("zuko")]
+    ctx = mp.get_context("spawn")
+    results = []
+    for name in names:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_child, args=(name, args, queue))
+        proc.start()
+        result = queue.get()
+        proc.join()
+        results.append(result)
+        print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
+
+    ok = [r for r in results if "error" not in r]
+    reference = next((r for r in ok if r["model"] == "ffjord_default"), None)
+    first = ok[0] if ok else {"source": "?", "d": "?", "n_train": "?"}
+    lines = [
+        f"dataset: {args.dataset} ({first['source']}), d={first['d']}, "
+        f"n_train={first['n_train']}, budget {args.budget:.0f} s per model, "
+        f"{args.threads} threads",
+        "",
+        "| model | test NLL ± 2 s.e. | fit s | steps | NFE/solve | score rows/s | peak MiB | "
+        "rows/s vs ours |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in ok:
+        ratio = r["score_rows_per_s"] / reference["score_rows_per_s"] if reference else float("nan")
+        nfe = "" if r["nfe_per_solve"] is None else f"{r['nfe_per_solve']:.0f}"
+        lines.append(
+            f"| {r['model']} | {r['test_nll']:.3f} ± {r['test_nll_2se']:.3f} | "
+            f"{r['fit_seconds']:.0f} | {r['steps']} | {nfe} | {r['score_rows_per_s']:.0f} | "
+            f"{r['peak_rss_mib']:.0f} | {ratio:.2f} |"
+        )
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['model']} | failed: {r['error']} | | | | | | |")
+    table = "\n".join(lines)
+    print(table)
+    with open(args.out, "w") as fh:
+        json.dump({"args": vars(args), "results": results, "table": table}, fh, indent=2)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in ok:
+            xs, ys = zip(*r["curve"], strict=True)
+            ax.plot(xs, ys, marker="o", label=r["model"])
+        ax.set_xlabel("fit wall time (s)")
+        ax.set_ylabel("validation NLL (nats)")
+        ax.set_title(f"{args.dataset}: validation NLL against wall time")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+    return results
+
+
+if __name__ == "__main__":
+    main()
