@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from numbers import Integral, Real
 from typing import Any
 
@@ -19,7 +21,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from ._dynamics import ACTIVATIONS
 from ._flow import EvalConfig, FFJORDFlow, TrainConfig
 from ._ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS
-from ._training import FitConfig, train_flow
+from ._training import FitConfig, TrainingResult, train_flow
 from ._utils import make_generator, resolve_device, spawn_seeds
 
 __all__ = ["FFJORDDensity"]
@@ -106,7 +108,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         Number of stacked CNF blocks, each with its own network.
     integration_time : float, default=1.0
         End time ``T`` of each block.
-    training : {'likelihood', 'flow_matching'}, default='likelihood'
+    training : {'likelihood', 'flow_matching', 'hybrid'}, default='likelihood'
         How the vector field is fitted. ``'likelihood'`` maximises the log-likelihood through
         the ODE solver (FFJORD). ``'flow_matching'`` regresses the field onto the velocities of
         straight paths between data rows and Gaussian draws (conditional flow matching): no
@@ -117,9 +119,15 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         validation scores are its negative), without early stopping training runs for
         ``max_iter`` epochs or ``max_time`` (the per-epoch loss is too noisy for ``tol``), and
         the training solver, trace settings and RNODE penalties are unused.
+        ``'hybrid'`` runs flow matching first and then maximum likelihood for the share
+        ``likelihood_fraction`` of ``max_iter`` and of ``max_time`` (the likelihood phase
+        inherits any time the first phase leaves unused); ``history_`` marks each epoch's
+        ``phase``, and the validation scores of the final model are log-likelihoods.
     flow_matching_coupling : {'independent', 'ot'}, default='independent'
         Pairing of data rows and Gaussian draws within a mini-batch for flow matching:
         independent, or by the exact optimal-transport assignment (straighter paths).
+    likelihood_fraction : float, default=0.25
+        With ``training='hybrid'``, the share of the budget given to maximum likelihood.
     trace_estimator : {'hutchinson', 'exact'}, default='hutchinson'
         Trace of ``df/dz`` in training: one vector-Jacobian product with a random probe
         (fixed within each solve), or ``d`` products for the exact trace.
@@ -259,7 +267,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         "activation": [StrOptions(set(ACTIVATIONS))],
         "n_blocks": [Interval(Integral, 1, None, closed="left")],
         "integration_time": [Interval(Real, 0, None, closed="neither")],
-        "training": [StrOptions({"likelihood", "flow_matching"})],
+        "training": [StrOptions({"likelihood", "flow_matching", "hybrid"})],
+        "likelihood_fraction": [Interval(Real, 0, 1, closed="neither")],
         "flow_matching_coupling": [StrOptions({"independent", "ot"})],
         "trace_estimator": [StrOptions({"hutchinson", "exact"})],
         "hutchinson_noise": [StrOptions({"rademacher", "gaussian"})],
@@ -301,6 +310,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         integration_time: float = 1.0,
         training: str = "likelihood",
         flow_matching_coupling: str = "independent",
+        likelihood_fraction: float = 0.25,
         trace_estimator: str = "hutchinson",
         hutchinson_noise: str = "rademacher",
         ode_solver: str = "dopri5",
@@ -337,6 +347,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self.integration_time = integration_time
         self.training = training
         self.flow_matching_coupling = flow_matching_coupling
+        self.likelihood_fraction = likelihood_fraction
         self.trace_estimator = trace_estimator
         self.hutchinson_noise = hutchinson_noise
         self.ode_solver = ode_solver
@@ -560,18 +571,18 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             training=self.training,
             flow_matching_coupling=self.flow_matching_coupling,
         )
-        result = train_flow(
-            flow,
+        data = (
             as_tensor(U[train_idx]),
             as_tensor(sample_weight[train_idx]),
             as_tensor(U[val_idx]) if self.early_stopping else None,
             as_tensor(sample_weight[val_idx]) if self.early_stopping else None,
-            fit_cfg,
-            rng=rng,
-            generator=make_generator(probe_seed, device),
-            log_det_offset=log_det,
-            optimizer_state=(self.__dict__.get("_optimizer_state") if refit else None),
         )
+        common = dict(rng=rng, generator=make_generator(probe_seed, device), log_det_offset=log_det)
+        optimizer_state = self.__dict__.get("_optimizer_state") if refit else None
+        if self.training != "hybrid":
+            result = train_flow(flow, *data, fit_cfg, optimizer_state=optimizer_state, **common)
+        else:
+            result = self._train_hybrid(flow, data, fit_cfg, optimizer_state, common)
 
         # Commit the fitted state only now (a failure above leaves the old model).
         flow.eval()
@@ -594,6 +605,53 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self._optimizer_state = _to_cpu(result.optimizer_state) if self.warm_start else None
         self._warn_stop(result.stop_reason, result.message)
         return self
+
+    def _train_hybrid(
+        self,
+        flow: FFJORDFlow,
+        data: tuple,
+        fit_cfg: FitConfig,
+        optimizer_state: dict | None,
+        common: dict,
+    ) -> TrainingResult:
+        """Flow matching, then maximum likelihood for ``likelihood_fraction`` of the budget."""
+        fraction = float(self.likelihood_fraction)
+        n_likelihood = max(1, round(fraction * fit_cfg.max_iter))
+        n_matching = max(1, fit_cfg.max_iter - n_likelihood)
+        start = time.perf_counter()
+        first = train_flow(
+            flow,
+            *data,
+            replace(
+                fit_cfg,
+                training="flow_matching",
+                max_iter=n_matching,
+                max_time=None if fit_cfg.max_time is None else (1 - fraction) * fit_cfg.max_time,
+            ),
+            optimizer_state=optimizer_state,
+            **common,
+        )
+        for record in first.history:
+            record["phase"] = "flow_matching"
+        if first.stop_reason in ("diverged", "solver_failed", "interrupted"):
+            return first
+        remaining = None
+        if fit_cfg.max_time is not None:
+            remaining = max(fit_cfg.max_time - (time.perf_counter() - start), 1e-3)
+        second = train_flow(
+            flow,
+            *data,
+            replace(fit_cfg, training="likelihood", max_iter=n_likelihood, max_time=remaining),
+            optimizer_state=first.optimizer_state,
+            **common,
+        )
+        for record in second.history:
+            record["phase"] = "likelihood"
+            record["epoch"] += first.n_iter
+            record["time"] += first.history[-1]["time"] if first.history else 0.0
+        second.history = first.history + second.history
+        second.n_iter += first.n_iter
+        return second
 
     def _warn_stop(self, reason: str, message: str | None) -> None:
         if reason in ("diverged", "solver_failed"):

@@ -159,3 +159,44 @@ def test_flow_matching_solves_no_ode_in_training():
     )
     assert fm.history_[-1]["nfe"] == 0
     assert ml.history_[-1]["nfe"] > 0
+
+
+def test_hybrid_runs_both_phases_and_ends_on_likelihood():
+    rng = np.random.default_rng(0)
+    X = rng.multivariate_normal(MEAN, COV, size=2000)
+    model = _fit(
+        X,
+        training="hybrid",
+        likelihood_fraction=0.25,
+        max_iter=40,
+        early_stopping=True,
+        n_iter_no_change=100,
+        ode_solver="rk4",
+        ode_solver_params={"step_size": 0.25},
+    )
+    phases = [h["phase"] for h in model.history_]
+    assert phases == ["flow_matching"] * 30 + ["likelihood"] * 10
+    assert [h["epoch"] for h in model.history_] == list(range(1, 41))
+    assert model.n_iter_ == 40
+    assert np.all(np.diff([h["time"] for h in model.history_]) >= 0)
+    assert model.history_[0]["nfe"] == 0 and model.history_[-1]["nfe"] > 0
+    # the kept validation score is a log-likelihood (the second phase's), close to the truth
+    truth = scipy.stats.multivariate_normal(MEAN, COV).logpdf(X).mean()
+    assert abs(model.best_validation_score_ - truth) < 0.2
+    assert abs(model.score(X) - truth) < 0.05
+
+
+def test_hybrid_max_time_is_shared():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 4))
+    model = _fit(
+        X,
+        training="hybrid",
+        max_iter=10**6,
+        max_time=3.0,
+        ode_solver="rk4",
+        ode_solver_params={"step_size": 0.25},
+    )
+    phases = [h["phase"] for h in model.history_]
+    assert "flow_matching" in phases and "likelihood" in phases
+    assert model.history_[-1]["time"] < 3.0 + 2.0  # stops near the budget (an epoch late)
