@@ -90,6 +90,23 @@ def _stderr2(values):
     return float(2 * values.std(ddof=1) / math.sqrt(values.size))
 
 
+def _result(score_fn, test, *, fit_seconds, steps, nfe, curve, **extra):
+    """Score the test rows (timed) and assemble one model's result."""
+    t0 = time.perf_counter()
+    scores = np.asarray(score_fn(test), dtype=float)
+    score_seconds = time.perf_counter() - t0
+    return {
+        "test_nll": -float(scores.mean()),
+        "test_nll_2se": _stderr2(scores),
+        "fit_seconds": fit_seconds,
+        "steps": steps,
+        "nfe_per_solve": nfe,
+        "score_rows_per_s": len(scores) / score_seconds,
+        "curve": curve,
+        **extra,
+    }
+
+
 # --------------------------------------------------------------------------- our estimator
 
 
@@ -115,19 +132,15 @@ def run_ffjord_hybrid(train, val, test, budget, seed):
         model.fit(train)
     spent = time.perf_counter() - t0
     curve = [(h["time"], -h["valid_score"]) for h in model.history_ if h["phase"] == "likelihood"]
-    t0 = time.perf_counter()
-    scores = model.score_samples(test)
-    score_seconds = time.perf_counter() - t0
     likelihood_nfe = [h["nfe"] for h in model.history_ if h["phase"] == "likelihood"]
-    return {
-        "test_nll": -float(scores.mean()),
-        "test_nll_2se": _stderr2(scores),
-        "fit_seconds": spent,
-        "steps": sum(h["n_steps"] for h in model.history_),
-        "nfe_per_solve": float(np.mean(likelihood_nfe)) if likelihood_nfe else None,
-        "score_rows_per_s": test.shape[0] / score_seconds,
-        "curve": curve or [(spent, -float(model.score(val)))],
-    }
+    return _result(
+        model.score_samples,
+        test,
+        fit_seconds=spent,
+        steps=sum(h["n_steps"] for h in model.history_),
+        nfe=float(np.mean(likelihood_nfe)) if likelihood_nfe else None,
+        curve=curve or [(spent, -float(model.score(val)))],
+    )
 
 
 def run_ffjord(name, train, val, test, budget, seed):
@@ -159,18 +172,14 @@ def run_ffjord(name, train, val, test, budget, seed):
             best, best_model = score, copy.deepcopy(model)
         if model.stop_reason_ not in ("max_time", "max_iter"):
             break
-    t0 = time.perf_counter()
-    scores = best_model.score_samples(test)
-    score_seconds = time.perf_counter() - t0
-    return {
-        "test_nll": -float(scores.mean()),
-        "test_nll_2se": _stderr2(scores),
-        "fit_seconds": spent,
-        "steps": steps,
-        "nfe_per_solve": float(np.mean(nfe)) if nfe else None,
-        "score_rows_per_s": test.shape[0] / score_seconds,
-        "curve": curve,
-    }
+    return _result(
+        best_model.score_samples,
+        test,
+        fit_seconds=spent,
+        steps=steps,
+        nfe=float(np.mean(nfe)) if nfe else None,
+        curve=curve,
+    )
 
 
 # --------------------------------------------------------------------------- zuko flows
@@ -238,18 +247,14 @@ def run_zuko(name, train, val, test, budget, seed, batch_size=512, lr=1e-3):
             if spent >= budget:
                 break
     flow.load_state_dict(best_state)
-    t0 = time.perf_counter()
-    scores = _mean_log_prob(flow, x_test)
-    score_seconds = time.perf_counter() - t0
-    return {
-        "test_nll": -float(scores.mean()),
-        "test_nll_2se": _stderr2(scores),
-        "fit_seconds": spent,
-        "steps": steps,
-        "nfe_per_solve": float(np.mean(nfe)) if name.startswith("zuko_cnf") else None,
-        "score_rows_per_s": test.shape[0] / score_seconds,
-        "curve": curve,
-    }
+    return _result(
+        lambda rows: _mean_log_prob(flow, rows),
+        x_test,
+        fit_seconds=spent,
+        steps=steps,
+        nfe=float(np.mean(nfe)) if name.startswith("zuko_cnf") else None,
+        curve=curve,
+    )
 
 
 # --------------------------------------------------------------------------- scikit-learn
@@ -277,19 +282,15 @@ def run_sklearn(name, train, val, test, budget, seed):
         curve.append((spent, -score))
         if score > best:
             best, best_model, chosen = score, model, value
-    t0 = time.perf_counter()
-    scores = best_model.score_samples(test)
-    score_seconds = time.perf_counter() - t0
-    return {
-        "test_nll": -float(scores.mean()),
-        "test_nll_2se": _stderr2(scores),
-        "fit_seconds": spent,
-        "steps": len(curve),
-        "nfe_per_solve": None,
-        "score_rows_per_s": test.shape[0] / score_seconds,
-        "curve": curve,
-        "chosen": float(chosen),
-    }
+    return _result(
+        best_model.score_samples,
+        test,
+        fit_seconds=spent,
+        steps=len(curve),
+        nfe=None,
+        curve=curve,
+        chosen=float(chosen),
+    )
 
 
 def _peak_rss_mib():
