@@ -92,6 +92,17 @@ def subsample(array, n, rng):
     return np.asarray(array[rng.choice(array.shape[0], n, replace=False)], dtype=np.float64)
 
 
+def fetch_real(name, args):
+    """The dataset's Bunch through :mod:`skffjord.datasets`, and a label of its source."""
+    kwargs = {"data_home": args.data_home}
+    source = "MAF archive"
+    if name == "bsds300":
+        kwargs.update(source=args.bsds300_source, images_dir=args.images_dir)
+        if args.bsds300_source == "images":
+            source = "original images, MAF recipe (not MAF's patches)"
+    return fetch_dataset(name, **kwargs), source
+
+
 def load(name, args, rng):
     if args.synthetic:
         d, n_train_full, n_test_full = SHAPES[name]
@@ -99,13 +110,7 @@ def load(name, args, rng):
         n_test = min(args.n_test or n_test_full, n_test_full)
         train, test = synthetic_stand_in(name, n_train, n_test, args.seed)
         return train, test, "synthetic stand-in (NOT the real dataset)"
-    kwargs = {"data_home": args.data_home}
-    source = "MAF archive"
-    if name == "bsds300":
-        kwargs.update(source=args.bsds300_source, images_dir=args.images_dir)
-        if args.bsds300_source == "images":
-            source = "original images, MAF recipe (not MAF's patches)"
-    bunch = fetch_dataset(name, **kwargs)
+    bunch, source = fetch_real(name, args)
     return (
         subsample(bunch.train, args.n_train, rng),
         subsample(bunch.test, args.n_test, rng),

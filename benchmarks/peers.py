@@ -53,7 +53,7 @@ MODELS = (
 
 def load_splits(args):
     """Train/validation/test arrays (float64), standardised as in the MAF convention."""
-    from maf_datasets import SHAPES, synthetic_stand_in
+    from maf_datasets import SHAPES, fetch_real, subsample, synthetic_stand_in
 
     rng = np.random.default_rng(args.seed)
     if args.synthetic:
@@ -62,25 +62,11 @@ def load_splits(args):
         n_test = args.n_test or 5000
         train, rest = synthetic_stand_in(args.dataset, n_train, n_val + n_test, args.seed)
         return train, rest[:n_val], rest[n_val:], "synthetic stand-in (NOT the real dataset)"
-    from skffjord.datasets import fetch_dataset
-
-    kwargs = {"data_home": args.data_home}
-    source = "MAF archive"
-    if args.dataset == "bsds300":
-        kwargs.update(source=args.bsds300_source, images_dir=args.images_dir)
-        if args.bsds300_source == "images":
-            source = "original images, MAF recipe"
-    bunch = fetch_dataset(args.dataset, **kwargs)
-
-    def pick(array, n):
-        if n is None or n >= array.shape[0]:
-            return np.asarray(array, dtype=np.float64)
-        return np.asarray(array[rng.choice(array.shape[0], n, replace=False)], dtype=np.float64)
-
+    bunch, source = fetch_real(args.dataset, args)
     return (
-        pick(bunch.train, args.n_train),
-        pick(bunch.validation, args.n_val),
-        pick(bunch.test, args.n_test),
+        subsample(bunch.train, args.n_train, rng),
+        subsample(bunch.validation, args.n_val, rng),
+        subsample(bunch.test, args.n_test, rng),
         source,
     )
 

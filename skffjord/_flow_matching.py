@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ._flow import FFJORDFlow
 
-__all__ = ["flow_matching_loss"]
+__all__ = ["flow_matching_loss", "flow_matching_residuals"]
 
 
 def _ot_pairing(u: Tensor, noise: Tensor) -> Tensor:
@@ -37,14 +37,25 @@ def flow_matching_loss(
     *,
     coupling: str = "independent",
 ) -> Tensor:
-    """Weighted mean squared error between the fields and the path velocities.
+    """Weighted mean of :func:`flow_matching_residuals` (``weights`` must not sum to 0)."""
+    per_row = flow_matching_residuals(flow, u, generator, coupling=coupling)
+    return (per_row * weights).sum() / weights.sum()
+
+
+def flow_matching_residuals(
+    flow: FFJORDFlow,
+    u: Tensor,
+    generator: torch.Generator | None,
+    *,
+    coupling: str = "independent",
+) -> Tensor:
+    """Squared error per row between the fields and the path velocities.
 
     Parameters
     ----------
     flow : FFJORDFlow
         Its blocks' fields are trained; ``u`` is already standardised.
     u : Tensor of shape (n, d)
-    weights : Tensor of shape (n,)
     generator : torch.Generator or None
         Source of the Gaussian end points and of the times.
     coupling : {"independent", "ot"}
@@ -53,7 +64,7 @@ def flow_matching_loss(
 
     Returns
     -------
-    loss : Tensor (scalar)
+    residuals : Tensor of shape (n,)
     """
     n = u.shape[0]
     noise = torch.randn(u.shape, generator=generator, dtype=u.dtype, device=u.device)
@@ -74,5 +85,4 @@ def flow_matching_loss(
         t = (position[rows] - k) * length
         prediction = prediction.index_put((rows,), block.field(t, z[rows]))
         target[rows] = (noise[rows] - u[rows]) / (n_blocks * length)
-    per_row = (prediction - target).pow(2).sum(dim=1)
-    return (per_row * weights).sum() / weights.sum()
+    return (prediction - target).pow(2).sum(dim=1)

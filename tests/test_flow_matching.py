@@ -200,3 +200,29 @@ def test_hybrid_max_time_is_shared():
     phases = [h["phase"] for h in model.history_]
     assert "flow_matching" in phases and "likelihood" in phases
     assert model.history_[-1]["time"] < 3.0 + 2.0  # stops near the budget (an epoch late)
+
+
+def test_validation_loss_with_an_all_zero_weight_chunk_is_finite():
+    from skffjord._flow import TrainConfig
+    from skffjord._training import FitConfig, flow_matching_validation_loss
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 2))
+    flow = _fit(X, max_iter=2).flow_.float()
+    u = torch.as_tensor(X[:6], dtype=torch.float32)
+    w = torch.tensor([0.0, 0.0, 1.0, 2.0, 0.0, 1.0])
+    config = FitConfig(
+        batch_size=2,
+        learning_rate_init=1e-3,
+        alpha=0.0,
+        max_iter=1,
+        max_time=None,
+        tol=0.0,
+        n_iter_no_change=1,
+        shuffle=False,
+        solver=TrainConfig(method="rk4"),
+        validation_chunk=2,  # the first chunk weighs 0
+        training="flow_matching",
+    )
+    value = flow_matching_validation_loss(flow, u, w, config)
+    assert np.isfinite(value) and value > 0

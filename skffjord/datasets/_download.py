@@ -260,15 +260,6 @@ def extract_members(
     return found
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in chunks."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def git_blob_sha1(path: Path) -> str:
     """The id ``git hash-object`` prints for a file: SHA-1 of ``blob <size>\\0`` + content."""
     sha = hashlib.sha1()  # noqa: S324 - git's object id, not a security use
