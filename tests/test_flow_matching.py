@@ -208,7 +208,7 @@ def test_validation_loss_with_an_all_zero_weight_chunk_is_finite():
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 2))
-    flow = _fit(X, max_iter=2).flow_.float()
+    flow = _fit(X, max_iter=2, batch_size=64).flow_.float()
     u = torch.as_tensor(X[:6], dtype=torch.float32)
     w = torch.tensor([0.0, 0.0, 1.0, 2.0, 0.0, 1.0])
     config = FitConfig(
