@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "ConcatSquashLinear", "VectorField"]
+__all__ = ["ACTIVATIONS", "ConcatSquashLinear", "VectorField", "activation_derivative"]
 
 #: Activation names mapped to module *classes* (never shared instances).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -16,6 +16,20 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
     "swish": nn.SiLU,
 }
+
+
+def activation_derivative(name: str, pre: Tensor, out: Tensor) -> Tensor:
+    """Elementwise derivative of activation ``name`` at ``pre``, given ``out = act(pre)``."""
+    if name == "softplus":
+        return torch.sigmoid(pre)
+    if name == "tanh":
+        return 1 - out * out
+    if name == "elu":
+        return torch.where(pre > 0, torch.ones_like(pre), out + 1)
+    if name == "swish":
+        s = torch.sigmoid(pre)
+        return s * (1 + pre * (1 - s))
+    raise ValueError(f"Unknown activation {name!r}.")
 
 
 def _uniform_(tensor: Tensor, bound: float, generator: torch.Generator | None) -> None:
@@ -27,7 +41,8 @@ def _uniform_(tensor: Tensor, bound: float, generator: torch.Generator | None) -
 class ConcatSquashLinear(nn.Module):
     """Linear layer whose output is gated and shifted by the time ``t``.
 
-    ``y = (W x + b) * sigmoid(W_g t + b_g) + W_h t`` (FFJORD's concat-squash layer).
+    ``y = (W x + b) * sigmoid(W_g t + b_g) + W_h t`` (FFJORD's concat-squash layer), or
+    ``y = W x + b + W_h t`` when ``gated=False``.
 
     Parameters
     ----------
@@ -37,6 +52,8 @@ class ConcatSquashLinear(nn.Module):
         Source of the initial weights (PyTorch's default ``nn.Linear`` scheme).
     zero_init : bool, default=False
         Start with ``W = 0``, ``b = 0`` and ``W_h = 0`` so the layer outputs zero.
+    gated : bool, default=True
+        Multiply by the time gate ``sigmoid(W_g t + b_g)``.
     """
 
     def __init__(
@@ -46,10 +63,11 @@ class ConcatSquashLinear(nn.Module):
         *,
         generator: torch.Generator | None = None,
         zero_init: bool = False,
+        gated: bool = True,
     ) -> None:
         super().__init__()
         self.linear = nn.Linear(in_features, out_features)
-        self.gate = nn.Linear(1, out_features)
+        self.gate = nn.Linear(1, out_features) if gated else None
         self.hyper_bias = nn.Linear(1, out_features, bias=False)
         bound = 1.0 / math.sqrt(in_features)
         if zero_init:
@@ -60,20 +78,30 @@ class ConcatSquashLinear(nn.Module):
             _uniform_(self.linear.weight, bound, generator)
             _uniform_(self.linear.bias, bound, generator)
             _uniform_(self.hyper_bias.weight, 1.0, generator)
-        _uniform_(self.gate.weight, 1.0, generator)
-        _uniform_(self.gate.bias, 1.0, generator)
+        if self.gate is not None:
+            _uniform_(self.gate.weight, 1.0, generator)
+            _uniform_(self.gate.bias, 1.0, generator)
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         """Apply the layer; ``t`` is a scalar or has shape ``(batch, 1)``."""
+        return self.forward_with_gate(t, x)[0]
+
+    def forward_with_gate(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Return the output and the gate ``sigmoid(W_g t + b_g)`` (``None`` if ungated)."""
         t = t.to(x.dtype).reshape(-1, 1)
-        return self.linear(x) * torch.sigmoid(self.gate(t)) + self.hyper_bias(t)
+        if self.gate is None:
+            return self.linear(x) + self.hyper_bias(t), None
+        gate = torch.sigmoid(self.gate(t))
+        return self.linear(x) * gate + self.hyper_bias(t), gate
 
 
 class VectorField(nn.Module):
     """Time-conditioned MLP ``f(z, t)`` mapping ``R^d`` to ``R^d``.
 
     The last layer is zero-initialised, so an untrained field is zero and the flow it
-    generates is the identity.
+    generates is the identity. The last layer is shifted by ``t`` but not gated: with at
+    most two hidden layers the exact trace of the Jacobian then has a closed form that costs
+    about one more hidden-layer product (:meth:`forward_with_trace`).
 
     Parameters
     ----------
@@ -106,10 +134,15 @@ class VectorField(nn.Module):
         n_layers = len(sizes) - 1
         self.layers = nn.ModuleList(
             ConcatSquashLinear(
-                sizes[i], sizes[i + 1], generator=generator, zero_init=(i == n_layers - 1)
+                sizes[i],
+                sizes[i + 1],
+                generator=generator,
+                zero_init=(i == n_layers - 1),
+                gated=(i < n_layers - 1),
             )
             for i in range(n_layers)
         )
+        self.activation = activation
         self.activations = nn.ModuleList(ACTIVATIONS[activation]() for _ in range(n_layers - 1))
         self.bottleneck_index: int | None = None
         if hidden_layer_sizes:
@@ -138,3 +171,48 @@ class VectorField(nn.Module):
                 if i == self.bottleneck_index:
                     bottleneck = h
         return h, bottleneck
+
+    @property
+    def has_closed_form_trace(self) -> bool:
+        """Whether :meth:`forward_with_trace` applies (at most two hidden layers)."""
+        return len(self.layers) <= 3
+
+    def forward_with_trace(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Evaluate ``f(z, t)`` and the exact ``tr(df/dz)`` per row in closed form.
+
+        With gates ``g_k`` and activation slopes ``s_k``, write ``u_k = g_k * s_k``. The
+        Jacobian is ``W_3 diag(u_2) W_2 diag(u_1) W_1`` (two hidden layers), so by the
+        cyclic property ``tr = u_2^T (W_2 * (W_1 W_3)^T) u_1``: the ``h_2 x h_1`` matrix
+        is shared by all rows (the last layer is ungated), and the per-row cost is one
+        hidden-layer product instead of ``d`` vector-Jacobian products. One hidden layer
+        gives ``u_1 . diag(W_1 W_2)``; none gives ``tr(W_1)``. Differentiable.
+
+        Raises
+        ------
+        ValueError
+            With more than two hidden layers (use :func:`exact_trace`).
+        """
+        if not self.has_closed_form_trace:
+            raise ValueError("The closed-form trace needs at most two hidden layers.")
+        h = z
+        slopes = []
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            pre, gate = layer.forward_with_gate(t, h)
+            if i < last:
+                h = self.activations[i](pre)
+                slope = activation_derivative(self.activation, pre, h)
+                slopes.append(slope * gate)
+            else:
+                h = pre
+        weights = [layer.linear.weight for layer in self.layers]
+        if len(weights) == 1:
+            trace = torch.diagonal(weights[0]).sum().expand(z.shape[0])
+        elif len(weights) == 2:
+            diag = (weights[0] * weights[1].T).sum(-1)  # diag(W_1 W_2)
+            trace = slopes[0] @ diag
+        else:
+            w1, w2, w3 = weights
+            kernel = w2 * (w1 @ w3).T  # (h_2, h_1)
+            trace = ((slopes[1] @ kernel) * slopes[0]).sum(-1)
+        return h, trace

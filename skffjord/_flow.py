@@ -67,6 +67,31 @@ def _requires_grad(z: Tensor, keep_graph: bool) -> Tensor:
     return z.detach().requires_grad_(True)
 
 
+def field_and_exact_trace(
+    field: VectorField, t: Tensor, z: Tensor, *, create_graph: bool
+) -> tuple[Tensor, Tensor]:
+    """``f(z, t)`` and its exact Jacobian trace: closed form when the field allows it.
+
+    ``z`` must require grad when the field has more than two hidden layers (the trace then
+    comes from ``d`` batched vector-Jacobian products).
+    """
+    if getattr(field, "has_closed_form_trace", False):
+        return field.forward_with_trace(t, z)
+    f = field(t, z)
+    return f, exact_trace(f, z, create_graph=create_graph)
+
+
+def _scoring_field_and_trace(field: VectorField, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    """``f`` and its exact trace without any graph kept (scoring)."""
+    if getattr(field, "has_closed_form_trace", False):
+        with torch.no_grad():
+            return field.forward_with_trace(t, z.detach())
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        f, div = field_and_exact_trace(field, t, z, create_graph=False)
+    return f.detach(), div.detach()
+
+
 class _TrainingDynamics(nn.Module):
     """Augmented dynamics of one training solve: ``(z, int tr, [int |f|^2, int |e^T J|^2])``.
 
@@ -98,8 +123,7 @@ class _TrainingDynamics(nn.Module):
             z = _requires_grad(state[0], create_graph)
             vjp = None
             if self.exact:
-                f = self.field(t, z)
-                div = exact_trace(f, z, create_graph=create_graph)
+                f, div = field_and_exact_trace(self.field, t, z, create_graph=create_graph)
                 if self.probe is not None:  # for the Jacobian penalty only
                     _, vjp = hutchinson_trace(f, z, self.probe, create_graph=create_graph)
             elif self.bottleneck:
@@ -128,11 +152,7 @@ class _ExactDynamics(nn.Module):
 
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         self.nfe += 1
-        with torch.enable_grad():
-            z = _requires_grad(state[0], False)
-            f = self.field(t, z)
-            div = exact_trace(f, z, create_graph=False)
-        return f.detach(), div.detach()
+        return _scoring_field_and_trace(self.field, t, state[0])
 
 
 def _error_norm(state: tuple[Tensor, ...]) -> Tensor:
@@ -227,11 +247,8 @@ class CNFBlock(nn.Module):
             return self.field(t, z)
 
         def field_and_trace(t: Tensor, y: Tensor) -> Tensor:
-            with torch.enable_grad():
-                z = y[:, :-1].detach().requires_grad_(True)
-                f = self.field(t, z)
-                div = exact_trace(f, z, create_graph=False)
-            return torch.cat([f.detach(), div.detach().unsqueeze(1)], dim=1)
+            f, div = _scoring_field_and_trace(self.field, t, y[:, :-1])
+            return torch.cat([f, div.unsqueeze(1)], dim=1)
 
         return field_and_trace if with_trace else field_only
 
