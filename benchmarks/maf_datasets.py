@@ -57,11 +57,10 @@ SHAPES = {  # (d, train rows, test rows) of the MAF splits
 }
 
 
-def synthetic_stand_in(name, n_train, n_test, seed):
-    """Data of the dataset's dimension, not the dataset: a mixture of 8 Gaussians with random
-    covariances, pushed through a random rotation and an elementwise sinh (heavy tails), then
-    standardised with the training mean and standard deviation, like the MAF sets."""
-    d = SHAPES[name][0]
+def mixture_sinh(d, n_train, n_test, seed):
+    """A mixture of 8 Gaussians with random covariances in R^d, pushed through a random
+    rotation and an elementwise sinh (heavy tails), then standardised with the training mean
+    and standard deviation, like the MAF sets. Returns ``(train, test)``."""
     rng = np.random.default_rng([seed, d])
     means = rng.normal(scale=2.0, size=(8, d))
     factors = rng.normal(scale=0.5, size=(8, d, d)) / np.sqrt(d)
@@ -79,6 +78,11 @@ def synthetic_stand_in(name, n_train, n_test, seed):
     train, test = draw(n_train), draw(n_test)
     mu, sd = train.mean(0), train.std(0)
     return (train - mu) / sd, (test - mu) / sd
+
+
+def synthetic_stand_in(name, n_train, n_test, seed):
+    """Data of the dataset's dimension, not the dataset: :func:`mixture_sinh` at its d."""
+    return mixture_sinh(SHAPES[name][0], n_train, n_test, seed)
 
 
 def mean_and_stderr(values):

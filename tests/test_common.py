@@ -15,7 +15,10 @@ EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 
 
 @parametrize_with_checks(
-    [FFJORDDensity(random_state=0, **TINY)],
+    [
+        FFJORDDensity(random_state=0, **TINY),
+        FFJORDDensity(random_state=0, **{**TINY, "training": "hybrid"}),
+    ],
     expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
 )
 def test_sklearn_compatible_estimator(estimator, check):

@@ -21,7 +21,6 @@ def _fit(X, **kw):
     params = dict(
         hidden_layer_sizes=(32, 32),
         batch_size=256,
-        learning_rate_init=5e-3,
         ode_solver="rk4",
         ode_solver_params={"step_size": 0.25},
         random_state=0,
@@ -42,7 +41,7 @@ def gaussian_model():
 @pytest.fixture(scope="module")
 def moons_model():
     X, _ = make_moons(n_samples=3000, noise=0.08, random_state=0)
-    return _fit(X, max_iter=60, activation="tanh"), X
+    return _fit(X, max_iter=60, activation="tanh", learning_rate_init=5e-3), X
 
 
 def test_correlated_gaussian_loglik_within_005_nats(gaussian_model):

@@ -133,6 +133,7 @@ def test_grid_search_selects_hidden_sizes_by_heldout_likelihood(rng):
     X, _ = make_moons(n_samples=600, noise=0.08, random_state=0)
     grid = GridSearchCV(
         FFJORDDensity(
+            training="likelihood",
             max_iter=15,
             batch_size=128,
             learning_rate_init=5e-3,
@@ -541,3 +542,25 @@ def test_adjoint_backward_solver_failure_stops_cleanly(X, monkeypatch):
         model.fit(X)
     assert model.stop_reason_ == "solver_failed"
     assert calls["n"] == 2
+
+
+def test_defaults_hybrid_auto_width_and_four_rk4_steps(X):
+    from skffjord._dynamics import auto_hidden_layer_sizes
+
+    assert auto_hidden_layer_sizes(2) == (128, 128)
+    assert auto_hidden_layer_sizes(43) == (192, 192)
+    assert auto_hidden_layer_sizes(63) == (256, 256)
+    assert auto_hidden_layer_sizes(500) == (512, 512)
+    model = FFJORDDensity(max_iter=4, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X)
+    assert model.get_params()["hidden_layer_sizes"] == "auto"  # parameters untouched
+    assert [layer.linear.out_features for layer in model.flow_.blocks[0].field.layers] == [
+        128,
+        128,
+        3,
+    ]
+    assert [h["phase"] for h in model.history_] == ["flow_matching"] * 3 + ["likelihood"]
+    assert model.history_[-1]["nfe"] == 16  # rk4: 4 steps of 4 evaluations
+    assert np.isfinite(model.score_samples(X)).all()
