@@ -700,9 +700,13 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ inference
     def _chunk_rows(self) -> int:
+        """Rows per scoring chunk: about 256 MiB of float64 work space per chunk."""
         d = self.n_features_in_
-        width = d + sum(self._hidden_sizes(d))
-        row_bytes = 8 * (d + 1) * width * 16
+        hidden = self._hidden_sizes(d)
+        if len(hidden) <= 2:  # closed-form trace: solver stages plus a few activations
+            row_bytes = 8 * (16 * (d + 1) + 8 * sum(hidden))
+        else:  # d batched vector-Jacobian products through every layer
+            row_bytes = 8 * (d + 1) * (d + sum(hidden)) * 16
         budget = 256 * 2**20
         return int(max(64, min(8192, budget // max(row_bytes, 1))))
 
