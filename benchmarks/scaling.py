@@ -1,10 +1,11 @@
 """How FFJORDDensity's cost grows with the number of rows n and the dimension d.
 
-For every point: one epoch of fitting (the estimator's defaults, ``max_iter=1``) is timed,
-then ``score_samples`` on up to ``--score-rows`` rows. Data: the synthetic stand-in generator
+For every point: after a short warm-up fit with the defaults, one flow-matching epoch and one
+likelihood epoch (rk4, 4 steps, closed-form exact trace) are timed on all n rows, then
+``score_samples`` on up to ``--score-rows`` rows. Data: the synthetic stand-in generator
 of ``maf_datasets.py`` (8-component Gaussian mixture, random rotation, sinh), at any d.
-Reported: seconds per epoch and seconds per scored row, the log-log slope (exponent) of each
-against n and against d, a JSON file and a two-panel plot.
+Reported: seconds per epoch of each kind and seconds per scored row, the log-log slope
+(exponent) of each against n and against d, a JSON file and a two-panel plot.
 
     python benchmarks/scaling.py --out scaling.json --plot scaling.png
 
@@ -34,25 +35,31 @@ def mixture_data(d, n, seed):
 
 
 def measure(d, n, score_rows, warmup_seconds, seed):
-    """Seconds for one epoch on n rows and seconds per scored row, at dimension d."""
+    """Seconds for one flow-matching epoch and one likelihood epoch on n rows, and seconds
+    per scored row, at dimension d (the default network and solvers)."""
     from sklearn.exceptions import ConvergenceWarning
 
     from skffjord import FFJORDDensity
 
     X = mixture_data(d, n, seed)
     model = FFJORDDensity(random_state=seed, max_iter=10**6, max_time=warmup_seconds)
+    out = {"d": d, "n": n}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(X[: min(n, 20_000)])
-        model.set_params(max_iter=1, max_time=None, warm_start=True)
-        t0 = time.perf_counter()
-        model.fit(X)
-        epoch = time.perf_counter() - t0
+        for training in ("flow_matching", "likelihood"):
+            model.set_params(training=training, max_iter=1, max_time=None, warm_start=True)
+            t0 = time.perf_counter()
+            model.fit(X)
+            out[f"{training}_epoch_seconds"] = time.perf_counter() - t0
     rows = X[: min(n, score_rows)]
     t0 = time.perf_counter()
     model.score_samples(rows)
-    per_row = (time.perf_counter() - t0) / rows.shape[0]
-    return {"d": d, "n": n, "epoch_seconds": epoch, "score_seconds_per_row": per_row}
+    out["score_seconds_per_row"] = (time.perf_counter() - t0) / rows.shape[0]
+    return out
+
+
+KEYS = ("flow_matching_epoch_seconds", "likelihood_epoch_seconds", "score_seconds_per_row")
 
 
 def slope(xs, ys):
@@ -88,31 +95,28 @@ def main(argv=None):
 
     def exponents(points, key):
         xs = [p[key] for p in points]
-        return {
-            "epoch": slope(xs, [p["epoch_seconds"] for p in points]),
-            "score_per_row": slope(xs, [p["score_seconds_per_row"] for p in points]),
-        }
+        return {k: slope(xs, [p[k] for p in points]) for k in KEYS}
 
     summary = {"over_n": exponents(over_n, "n"), "over_d": exponents(over_d, "d")}
     lines = [
         f"n sweep at d={args.n_fixed_d}; d sweep at n={args.d_fixed_n}; {args.threads} threads",
         "",
-        "| sweep | value | s / epoch | ms / scored row |",
-        "|---|---|---|---|",
+        "| sweep | value | s / flow-matching epoch | s / likelihood epoch | ms / scored row |",
+        "|---|---|---|---|---|",
     ]
     for key, points in (("n", over_n), ("d", over_d)):
         for p in points:
             lines.append(
-                f"| {key} | {p[key]} | {p['epoch_seconds']:.2f} | "
-                f"{1e3 * p['score_seconds_per_row']:.3f} |"
+                f"| {key} | {p[key]} | {p[KEYS[0]]:.2f} | {p[KEYS[1]]:.2f} | "
+                f"{1e3 * p[KEYS[2]]:.3f} |"
             )
-    lines += [
-        "",
-        f"exponents against n: epoch {summary['over_n']['epoch']:.2f}, "
-        f"score per row {summary['over_n']['score_per_row']:.2f}",
-        f"exponents against d: epoch {summary['over_d']['epoch']:.2f}, "
-        f"score per row {summary['over_d']['score_per_row']:.2f}",
-    ]
+    lines.append("")
+    for key in ("n", "d"):
+        e = summary[f"over_{key}"]
+        lines.append(
+            f"exponents against {key}: flow-matching epoch {e[KEYS[0]]:.2f}, likelihood epoch "
+            f"{e[KEYS[1]]:.2f}, score per row {e[KEYS[2]]:.2f}"
+        )
     table = "\n".join(lines)
     print(table)
     with open(args.out, "w") as fh:
@@ -125,22 +129,21 @@ def main(argv=None):
     except ImportError:
         print("matplotlib is not installed: no plot")
         return summary
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    labels = ("s per flow-matching epoch", "s per likelihood epoch", "ms per scored row")
     for ax, points, key in ((axes[0], over_n, "n"), (axes[1], over_d, "d")):
         xs = [p[key] for p in points]
-        ax.loglog(xs, [p["epoch_seconds"] for p in points], "o-", label="fit: s per epoch")
-        ax.loglog(
-            xs,
-            [p["score_seconds_per_row"] * 1e3 for p in points],
-            "s-",
-            label="score: ms per row",
-        )
+        e = summary[f"over_{key}"]
+        for k, label, marker in zip(KEYS, labels, "os^", strict=True):
+            scale = 1e3 if k == "score_seconds_per_row" else 1.0
+            ax.loglog(
+                xs,
+                [scale * p[k] for p in points],
+                marker=marker,
+                label=f"{label} (~{key}^{e[k]:.2f})",
+            )
         ax.set_xlabel(key)
-        ax.set_title(
-            f"against {key}: epoch ~ {key}^{summary['over_' + key]['epoch']:.2f}, "
-            f"score/row ~ {key}^{summary['over_' + key]['score_per_row']:.2f}",
-            fontsize=9,
-        )
+        ax.set_title(f"cost against {key}", fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(args.plot, dpi=120)

@@ -34,7 +34,12 @@ def summarize(paths):
         ours = r.get("ffjord_default")
         if ours is None:
             continue
-        label = f"{args['dataset']}{' (synthetic)' if args.get('synthetic') else ''}"
+        if args.get("synthetic"):
+            label = f"{args['dataset']} (synthetic stand-in)"
+        elif args["dataset"] == "bsds300" and args.get("bsds300_source") == "images":
+            label = "bsds300 (patches of the real images)"
+        else:
+            label = f"{args['dataset']} (real)"
 
         def gap(name, ours=ours, r=r):
             other = r.get(name)
