@@ -120,7 +120,17 @@ def main(argv=None):
     table = "\n".join(lines)
     print(table)
     with open(args.out, "w") as fh:
-        json.dump({"args": vars(args), "over_n": over_n, "over_d": over_d, **summary}, fh, indent=2)
+        json.dump(
+            {"args": vars(args), "over_n": over_n, "over_d": over_d, "exponents": summary},
+            fh,
+            indent=2,
+        )
+    plot(over_n, over_d, summary, args.plot)
+    return summary
+
+
+def plot(over_n, over_d, summary, path):
+    """Two log-log panels: cost against n and against d."""
     try:
         import matplotlib
 
@@ -128,7 +138,7 @@ def main(argv=None):
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed: no plot")
-        return summary
+        return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     labels = ("s per flow-matching epoch", "s per likelihood epoch", "ms per scored row")
     for ax, points, key in ((axes[0], over_n, "n"), (axes[1], over_d, "d")):
@@ -143,11 +153,13 @@ def main(argv=None):
                 label=f"{label} (~{key}^{e[k]:.2f})",
             )
         ax.set_xlabel(key)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([str(x) for x in xs])
+        ax.minorticks_off()
         ax.set_title(f"cost against {key}", fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(args.plot, dpi=120)
-    return summary
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
