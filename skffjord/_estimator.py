@@ -127,9 +127,6 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         ``likelihood_fraction`` of ``max_iter`` and of ``max_time`` (the likelihood phase
         inherits any time the first phase leaves unused); ``history_`` marks each epoch's
         ``phase``, and the validation scores of the final model are log-likelihoods.
-    flow_matching_coupling : {'independent', 'ot'}, default='independent'
-        Pairing of data rows and Gaussian draws within a mini-batch for flow matching:
-        independent, or by the exact optimal-transport assignment (straighter paths).
     likelihood_fraction : float, default=0.25
         With ``training='hybrid'``, the share of the budget given to maximum likelihood.
     trace_estimator : {'auto', 'hutchinson', 'exact'}, default='auto'
@@ -282,7 +279,6 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         "integration_time": [Interval(Real, 0, None, closed="neither")],
         "training": [StrOptions({"likelihood", "flow_matching", "hybrid"})],
         "likelihood_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "flow_matching_coupling": [StrOptions({"independent", "ot"})],
         "trace_estimator": [StrOptions({"auto", "hutchinson", "exact"})],
         "hutchinson_noise": [StrOptions({"rademacher", "gaussian"})],
         "ode_solver": [StrOptions(set(ADAPTIVE_METHODS) | set(FIXED_GRID_METHODS))],
@@ -322,7 +318,6 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         n_blocks: int = 1,
         integration_time: float = 1.0,
         training: str = "hybrid",
-        flow_matching_coupling: str = "independent",
         likelihood_fraction: float = 0.25,
         trace_estimator: str = "auto",
         hutchinson_noise: str = "rademacher",
@@ -359,7 +354,6 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self.n_blocks = n_blocks
         self.integration_time = integration_time
         self.training = training
-        self.flow_matching_coupling = flow_matching_coupling
         self.likelihood_fraction = likelihood_fraction
         self.trace_estimator = trace_estimator
         self.hutchinson_noise = hutchinson_noise
@@ -592,7 +586,6 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             validation_chunk=max(int(batch_size), 1024),
             verbose=int(self.verbose),
             training=self.training,
-            flow_matching_coupling=self.flow_matching_coupling,
         )
         data = (
             as_tensor(U[train_idx]),
@@ -765,6 +758,46 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         rng = check_random_state(random_state)
         z = rng.standard_normal((int(n_samples), self.n_features_in_))
         return self._to_data(z)
+
+    def trajectory(self, X: Any, n_times: int = 11) -> np.ndarray:
+        """The path of each row through the flow, from the data (t=0) to the latent space.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Starting rows, in the user's units (for the path of generated points, pass
+            ``sample(...)``'s output: read backwards, the path runs from base noise to data).
+        n_times : int, default=11
+            Evenly spaced times per block, both ends included.
+
+        Returns
+        -------
+        ndarray of shape (1 + n_blocks * (n_times - 1), n_samples, n_features)
+            ``path[0]`` is ``X``; ``path[-1]`` is the latent point ``z(T)``. Every state is
+            mapped back through the standardisation (``x = mean + scale * z``), so all lie
+            in the user's units and the latent end is distributed as a Gaussian with the
+            training data's mean and per-feature scale.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skffjord import FFJORDDensity
+        >>> X = np.random.default_rng(0).normal(size=(100, 2))
+        >>> model = FFJORDDensity(max_iter=2, random_state=0).fit(X)
+        >>> model.trajectory(X[:5], n_times=4).shape
+        (4, 5, 2)
+        """
+        check_is_fitted(self)
+        if not isinstance(n_times, Integral) or isinstance(n_times, bool) or n_times < 2:
+            raise ValueError(f"n_times must be an integer of at least 2, got {n_times!r}.")
+        _reject_non_numeric_columns(X)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        config = self._eval_config()
+        device = next(iter(self.flow_.buffers())).device
+        x = torch.as_tensor(X, dtype=torch.float64, device=device)
+        with torch.no_grad():
+            path = self.flow_.path(x, int(n_times), config)
+        return path.cpu().numpy()
 
     def _to_data(self, z: np.ndarray) -> np.ndarray:
         return self._apply_in_chunks(self.flow_.to_data, z)

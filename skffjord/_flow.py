@@ -286,6 +286,10 @@ class CNFBlock(nn.Module):
     def transport(self, z: Tensor, config: EvalConfig, *, inverse: bool) -> Tensor:
         """Map data to latent (``inverse=False``) or latent to data, without the trace."""
         t0, t1 = (self.integration_time, 0.0) if inverse else (0.0, self.integration_time)
+        return self.transport_between(z, t0, t1, config)
+
+    def transport_between(self, z: Tensor, t0: float, t1: float, config: EvalConfig) -> Tensor:
+        """Integrate the state from time ``t0`` to ``t1`` (either order), without the trace."""
         with torch.no_grad():
             if config.method in FIXED_GRID_METHODS:
                 return integrate(
@@ -407,6 +411,21 @@ class FFJORDFlow(nn.Module):
         for block in self.blocks:
             z = block.transport(z, config, inverse=False)
         return z
+
+    def path(self, x: Tensor, n_times: int, config: EvalConfig) -> Tensor:
+        """States at ``n_times`` evenly spaced times of every block, data to latent.
+
+        Returns a tensor of shape ``(1 + n_blocks * (n_times - 1), batch, d)`` in the user's
+        units: every state is mapped back through the standardisation.
+        """
+        z = self.standardize(x)
+        states = [z]
+        for block in self.blocks:
+            times = torch.linspace(0.0, block.integration_time, n_times).tolist()
+            for t0, t1 in zip(times[:-1], times[1:], strict=True):
+                z = block.transport_between(z, t0, t1, config)
+                states.append(z)
+        return torch.stack([self.unstandardize(s) for s in states])
 
     def to_data(self, z: Tensor, config: EvalConfig) -> Tensor:
         """Map base-space rows to data rows (user's units) by integrating backwards."""

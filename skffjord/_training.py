@@ -33,7 +33,6 @@ class FitConfig:
     validation_chunk: int = 4096
     verbose: int = 0
     training: str = "likelihood"
-    flow_matching_coupling: str = "independent"
 
 
 @dataclass
@@ -93,9 +92,7 @@ def flow_matching_validation_loss(
     with torch.no_grad():
         for start in range(0, u.shape[0], config.validation_chunk):
             rows = slice(start, start + config.validation_chunk)
-            residuals = flow_matching_residuals(
-                flow, u[rows], generator, coupling=config.flow_matching_coupling
-            )
+            residuals = flow_matching_residuals(flow, u[rows], generator)
             total += float((residuals * w[rows]).sum())
     return total / float(w.sum())
 
@@ -177,9 +174,7 @@ def train_flow(
                     continue
                 optimizer.zero_grad(set_to_none=True)
                 if config.training == "flow_matching":
-                    loss = nll = flow_matching_loss(
-                        flow, ub, wb, generator, coupling=config.flow_matching_coupling
-                    )
+                    loss = nll = flow_matching_loss(flow, ub, wb, generator)
                     dynamics = []
                 else:
                     logp, reg, dynamics = flow.train_log_prob(ub, config.solver, generator)

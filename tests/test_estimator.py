@@ -564,3 +564,20 @@ def test_defaults_hybrid_auto_width_and_four_rk4_steps(X):
     assert [h["phase"] for h in model.history_] == ["flow_matching"] * 3 + ["likelihood"]
     assert model.history_[-1]["nfe"] == 16  # rk4: 4 steps of 4 evaluations
     assert np.isfinite(model.score_samples(X)).all()
+
+
+def test_trajectory_runs_from_data_to_latent(fitted, X):
+    path = fitted.trajectory(X[:7], n_times=5)
+    assert path.shape == (5, 7, 3)
+    np.testing.assert_allclose(path[0], X[:7], rtol=1e-12)
+    # the last state is the latent point, mapped back through the standardisation
+    from skffjord._flow import EvalConfig
+
+    cfg = EvalConfig(atol=fitted.eval_atol, rtol=fitted.eval_rtol)
+    latent = fitted.flow_.unstandardize(fitted.flow_.to_latent(torch.as_tensor(X[:7]), cfg))
+    np.testing.assert_allclose(path[-1], latent.numpy(), atol=1e-4)
+    # integrating back from the end recovers the start
+    back = fitted.flow_.to_data(fitted.flow_.standardize(torch.as_tensor(path[-1])), cfg)
+    np.testing.assert_allclose(back.numpy(), X[:7], atol=1e-4)
+    with pytest.raises(ValueError, match="n_times"):
+        fitted.trajectory(X[:2], n_times=1)

@@ -131,14 +131,6 @@ def test_flow_matching_early_stopping_keeps_the_best_validation_weights():
     assert np.isfinite(scores).all()
 
 
-def test_flow_matching_ot_coupling_runs_and_learns():
-    rng = np.random.default_rng(0)
-    X = rng.multivariate_normal(MEAN, COV, size=1500)
-    model = _fit(X, flow_matching_coupling="ot", max_iter=60)
-    truth = scipy.stats.multivariate_normal(MEAN, COV).logpdf(X).mean()
-    assert abs(model.score(X) - truth) < 0.1
-
-
 def test_invalid_training_option():
     with pytest.raises(ValueError, match="training"):
         FFJORDDensity(training="magic").fit(np.zeros((10, 2)))
