@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import OutlierMixin, _fit_context
 from sklearn.utils._param_validation import Interval
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from ._estimator import _FITTED, FFJORDDensity
 
@@ -80,8 +80,8 @@ validation_scores_, best_validation_score_, best_loss_, device_, stop_reason_
         y : None
             Ignored; present for API consistency.
         sample_weight : array-like of shape (n_samples,), default=None
-            Row weights of the likelihood (as in :meth:`FFJORDDensity.fit`); the threshold
-            is the unweighted quantile of the training scores.
+            Row weights of the likelihood (as in :meth:`FFJORDDensity.fit`) and of the
+            quantile that sets ``offset_`` (an integer weight counts as repeated rows).
 
         Returns
         -------
@@ -94,7 +94,8 @@ validation_scores_, best_validation_score_, best_loss_, device_, stop_reason_
         try:
             super().fit(X, y, sample_weight=sample_weight)
             scores = self.score_samples(X)
-            self.offset_ = float(np.percentile(scores, 100.0 * self.contamination))
+            weights = _check_sample_weight(sample_weight, scores, dtype=np.float64)
+            self.offset_ = _weighted_quantile(scores, weights, float(self.contamination))
         except BaseException:
             for k in keys:
                 self.__dict__.pop(k, None)
@@ -130,8 +131,17 @@ validation_scores_, best_validation_score_, best_loss_, device_, stop_reason_
         decision = self.decision_function(X)
         return np.where(decision < 0, -1, 1)
 
-    def __sklearn_is_fitted__(self) -> bool:
-        return super().__sklearn_is_fitted__() and hasattr(self, "offset_")
+
+def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The smallest value whose weighted cumulative share exceeds ``q``.
+
+    The values strictly below it carry a weight share of at most ``q`` (with unit weights,
+    ``floor(q n)`` rows), and integer weights give the same threshold as repeated rows.
+    """
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    index = int(np.searchsorted(cumulative, q * cumulative[-1], side="right"))
+    return float(values[order][min(index, len(values) - 1)])
 
 
 def _signature() -> inspect.Signature:

@@ -24,7 +24,18 @@ def _fit(X, **kw):
         return FFJORDOutlierDetector(**{**TINY, "random_state": 0, **kw}).fit(X)
 
 
-@parametrize_with_checks([FFJORDOutlierDetector(random_state=0, **TINY)])
+EXPECTED_FAILED_CHECKS = {
+    # Mini-batch training is not exactly equivalent to repeating rows (the batches differ),
+    # as for scikit-learn's own SGD and MLP estimators. FFJORDDensity passes this check only
+    # because it has no predict/decision_function for the check to compare.
+    "check_sample_weight_equivalence_on_dense_data": "mini-batch training: batches differ",
+}
+
+
+@parametrize_with_checks(
+    [FFJORDOutlierDetector(random_state=0, **TINY)],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+)
 def test_sklearn_compatible_outlier_detector(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -55,7 +66,7 @@ def test_sign_conventions_and_offset(rng):
         warnings.simplefilter("ignore", ConvergenceWarning)
         density.fit(X)
     np.testing.assert_allclose(scores, density.score_samples(X), rtol=1e-12)
-    assert model.offset_ == pytest.approx(np.percentile(scores, 10.0))
+    assert model.offset_ == np.sort(scores)[int(np.floor(0.1 * len(scores)))]
     np.testing.assert_allclose(model.decision_function(X), scores - model.offset_)
     pred = model.predict(X)
     assert set(np.unique(pred)) == {-1, 1}
