@@ -209,7 +209,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         The fitted flow (float64, on ``device_``).
     n_features_in_ : int
         Number of features seen during fit.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features seen during fit, when X has string column names.
     n_iter_ : int
         Number of epochs run.
