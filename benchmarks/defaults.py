@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def main(argv=None):
     import torch
-    from maf_datasets import SHAPES, synthetic_stand_in
-    from sklearn.exceptions import ConvergenceWarning
+    from maf_datasets import SHAPES, synthetic_stand_in, timed_fit_score
 
     from skffjord import FFJORDDensity
 
@@ -51,14 +48,7 @@ def main(argv=None):
         model = FFJORDDensity(
             max_iter=10**6, max_time=args.budget, random_state=args.seed, **params
         )
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(train)
-        fit_seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        scores = model.score_samples(test)
-        score_seconds = time.perf_counter() - t0
+        scores, fit_seconds, score_seconds = timed_fit_score(model, train, test)
         results[name] = {
             "test_nll": -float(scores.mean()),
             "test_nll_2se": float(2 * scores.std(ddof=1) / np.sqrt(scores.size)),

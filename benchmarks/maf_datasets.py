@@ -85,6 +85,21 @@ def synthetic_stand_in(name, n_train, n_test, seed):
     return mixture_sinh(SHAPES[name][0], n_train, n_test, seed)
 
 
+def timed_fit_score(model, train, test):
+    """Fit ``model`` on ``train`` (convergence warnings silenced) and score ``test``.
+
+    Returns ``(scores, fit_seconds, score_seconds)``."""
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(train)
+    fit_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scores = model.score_samples(test)
+    return scores, fit_seconds, time.perf_counter() - t0
+
+
 def mean_and_stderr(values):
     values = np.asarray(values, dtype=float)
     return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
@@ -147,14 +162,7 @@ def run_one(name, args):
         standardize=True,
         random_state=args.seed,
     )
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(train)
-    fit_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ffjord_scores = model.score_samples(test)
-    score_seconds = time.perf_counter() - t0
+    ffjord_scores, fit_seconds, score_seconds = timed_fit_score(model, train, test)
     gmm = GaussianMixture(
         n_components=args.gmm_components, covariance_type="full", random_state=args.seed
     ).fit(train)
