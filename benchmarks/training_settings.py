@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-import warnings
+import sys
+from pathlib import Path
 
 import numpy as np
 from sklearn.datasets import make_moons
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import KernelDensity
 
 from skffjord import FFJORDDensity
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from maf_datasets import timed_fit_score  # noqa: E402
 
 
 def make_data(n, seed):
@@ -81,14 +83,7 @@ def main():
         *[(f"GaussianMixture({g.n_components})", g) for g in gmm_grid],
         *[(f"KernelDensity({k.bandwidth})", k) for k in kde_grid],
     ]:
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(X)
-        fit_s = time.perf_counter() - start
-        start = time.perf_counter()
-        scores = model.score_samples(X_test)
-        score_s = time.perf_counter() - start
+        scores, fit_s, score_s = timed_fit_score(model, X, X_test)
         hist = getattr(model, "history_", None)
         rows.append(
             {
