@@ -406,16 +406,11 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         trace = self.trace_estimator
         if trace == "auto":
             trace = "exact" if len(hidden) <= 2 else "hutchinson"
-        options = copy.deepcopy(self.ode_solver_params)
-        if self.ode_solver in FIXED_GRID_METHODS and not (
-            options and ("step_size" in options or "grid_constructor" in options)
-        ):
-            options = {**(options or {}), "step_size": float(self.integration_time) / 4}
         return TrainConfig(
             method=self.ode_solver,
             atol=float(self.atol),
             rtol=float(self.rtol),
-            options=options,
+            options=copy.deepcopy(self.ode_solver_params),
             adjoint=bool(self.adjoint),
             max_num_steps=int(self.max_num_steps),
             trace_estimator=trace,

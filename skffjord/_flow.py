@@ -16,7 +16,7 @@ from ._divergence import (
     sample_probe,
 )
 from ._dynamics import VectorField
-from ._ode import FIXED_GRID_METHODS, integrate, integrate_rowwise
+from ._ode import FIXED_GRID_METHODS, TRAINING_FIXED_STEPS, integrate, integrate_rowwise
 
 __all__ = [
     "CNFBlock",
@@ -234,6 +234,7 @@ class CNFBlock(nn.Module):
             options=options,
             adjoint=config.adjoint,
             max_num_steps=config.max_num_steps,
+            fixed_steps=TRAINING_FIXED_STEPS,
         )
         reg = zeros
         if regularize:

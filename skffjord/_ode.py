@@ -21,13 +21,22 @@ FIXED_GRID_METHODS = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "im
 
 #: Number of fixed steps over [0, T] when a fixed-grid method is given no step size.
 DEFAULT_FIXED_STEPS = 10
+#: The same for likelihood training solves (FFJORDDensity's ``ode_solver``): fewer, coarser
+#: steps train faster at equal budget and scores never come from the training solver.
+TRAINING_FIXED_STEPS = 4
 
 
 class SolverError(RuntimeError):
     """The ODE solver could not finish (step size underflow, step cap, non-finite state)."""
 
 
-def _solver_options(method: str, t_span: float, options: dict | None, max_num_steps: int) -> dict:
+def _solver_options(
+    method: str,
+    t_span: float,
+    options: dict | None,
+    max_num_steps: int,
+    fixed_steps: int = DEFAULT_FIXED_STEPS,
+) -> dict:
     """Copy the user's options and add our defaults (never mutate the caller's dict)."""
     opts = dict(options or {})
     if method in ADAPTIVE_METHODS:
@@ -35,7 +44,7 @@ def _solver_options(method: str, t_span: float, options: dict | None, max_num_st
     elif (
         method in FIXED_GRID_METHODS and "step_size" not in opts and "grid_constructor" not in opts
     ):
-        opts["step_size"] = abs(t_span) / DEFAULT_FIXED_STEPS
+        opts["step_size"] = abs(t_span) / fixed_steps
     return opts
 
 
@@ -65,6 +74,7 @@ def integrate(
     options: dict | None = None,
     adjoint: bool = False,
     max_num_steps: int = 1000,
+    fixed_steps: int = DEFAULT_FIXED_STEPS,
 ) -> tuple[Tensor, ...]:
     """Integrate ``d state / dt = func(t, state)`` from ``t0`` to ``t1`` with torchdiffeq.
 
@@ -87,6 +97,8 @@ def integrate(
         Gradients by the adjoint method (constant memory) instead of backprop.
     max_num_steps : int
         Step cap of adaptive methods.
+    fixed_steps : int
+        Steps over the interval for a fixed-grid method given no ``step_size``.
 
     Returns
     -------
@@ -100,7 +112,7 @@ def integrate(
     """
     ref = state[0]
     t = torch.tensor([t0, t1], dtype=ref.dtype, device=ref.device)
-    opts = _solver_options(method, t1 - t0, options, max_num_steps)
+    opts = _solver_options(method, t1 - t0, options, max_num_steps, fixed_steps)
     if isinstance(atol, list):
         atol = tuple(atol)
     if isinstance(rtol, list):
