@@ -28,7 +28,10 @@ extensions = [
 ]
 
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "README.md", "auto_examples/*.ipynb", "auto_examples/*.py"]
+html_static_path = ["_static"]
+# MathJax is vendored (docs/_static/mathjax/README.md) so that formulas render offline.
+mathjax_path = "mathjax/tex-svg-full.js"
+exclude_patterns = ["_build", "README.md", "_static", "auto_examples/*.ipynb", "auto_examples/*.py"]
 html_theme = "pydata_sphinx_theme"
 html_title = f"skffjord {release}"
 html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2}

@@ -27,7 +27,29 @@ TRAINING_FIXED_STEPS = 4
 
 
 class SolverError(RuntimeError):
-    """The ODE solver could not finish (step size underflow, step cap, non-finite state)."""
+    """The ODE solver could not finish (step size underflow, step cap, non-finite state).
+
+    Raised by ``fit``, ``score_samples``, ``score``, ``sample`` and ``trajectory`` with a
+    message that says which of these happened. A ``fit`` that raises it leaves the previously
+    fitted model in place. The usual remedies are a looser tolerance, a larger step cap
+    (``max_num_steps``, or ``eval_ode_solver_params={"max_num_steps": ...}`` for scoring) or a
+    check of the data for extreme values.
+
+    Examples
+    --------
+    A step cap far too small for the adaptive scoring solver:
+
+    >>> import numpy as np
+    >>> from skffjord import FFJORDDensity, SolverError
+    >>> X = np.random.default_rng(0).normal(size=(200, 2))
+    >>> model = FFJORDDensity(hidden_layer_sizes=(16, 16), max_iter=5, random_state=0).fit(X)
+    >>> model.set_params(eval_ode_solver_params={"max_num_steps": 2}).score_samples(X[:5])
+    Traceback (most recent call last):
+        ...
+    skffjord._ode.SolverError: the per-row solver reached its step cap (2 steps)
+    >>> model.set_params(eval_ode_solver_params=None).score_samples(X[:5]).shape
+    (5,)
+    """
 
 
 def _solver_options(

@@ -11,7 +11,28 @@ __all__ = ["DeviceWarning", "make_generator", "resolve_device", "spawn_seeds"]
 
 
 class DeviceWarning(UserWarning):
-    """The requested device is not available; the model runs on the CPU instead."""
+    """The requested device is not available; the model runs on the CPU instead.
+
+    Issued when a model fitted on a GPU is unpickled on a machine without that GPU. (``fit``
+    itself raises ``ValueError`` for a missing device rather than falling back.) Turn it into
+    an error with ``warnings.simplefilter("error", DeviceWarning)`` to refuse the fallback.
+
+    Examples
+    --------
+    Pretend a fitted model lives on a GPU this machine does not have, then unpickle it:
+
+    >>> import pickle, warnings
+    >>> import numpy as np
+    >>> from skffjord import DeviceWarning, FFJORDDensity
+    >>> X = np.random.default_rng(0).normal(size=(100, 2))
+    >>> model = FFJORDDensity(hidden_layer_sizes=(8,), max_iter=2, random_state=0).fit(X)
+    >>> model.device_ = "cuda:99"
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always", DeviceWarning)
+    ...     restored = pickle.loads(pickle.dumps(model))
+    >>> caught[0].category.__name__, restored.device_
+    ('DeviceWarning', 'cpu')
+    """
 
 
 def resolve_device(device: str, *, fallback: bool = False) -> torch.device:

@@ -30,6 +30,25 @@ class DataIntegrityError(OSError):
     data of the wrong shape and corrupt cache files. Nothing that failed these checks is left in
     the data folder, except a cache file found corrupt, which the message names so that it can be
     deleted.
+
+    It is a subclass of ``OSError``, so ``except OSError`` catches it with the other file and
+    network errors.
+
+    Examples
+    --------
+    A damaged cache file is reported with its path:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from skffjord.datasets import DataIntegrityError, fetch_power
+    >>> with tempfile.TemporaryDirectory() as home:
+    ...     (Path(home) / "processed").mkdir()
+    ...     _ = (Path(home) / "processed" / "power_maf.npz").write_bytes(b"not a npz file")
+    ...     try:
+    ...         fetch_power(home, download_if_missing=False)
+    ...     except DataIntegrityError as exc:
+    ...         print(str(exc).split(" is corrupt")[0].replace(home, "<home>"))
+    The cached file <home>/processed/power_maf.npz
     """
 
 
@@ -72,6 +91,19 @@ def clear_data_home(data_home: str | os.PathLike[str] | None = None) -> None:
     ----------
     data_home : str or path-like, default=None
         The folder to clear; see :func:`get_data_home`.
+
+    Examples
+    --------
+    The folder itself is removed; the fetchers create it again when they need it:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from skffjord.datasets import clear_data_home
+    >>> home = Path(tempfile.mkdtemp())
+    >>> _ = (home / "processed").mkdir(), (home / "processed" / "power_maf.npz").write_bytes(b"")
+    >>> clear_data_home(home)
+    >>> home.exists()
+    False
     """
     shutil.rmtree(get_data_home(data_home), ignore_errors=True)
 

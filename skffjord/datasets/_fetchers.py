@@ -326,6 +326,26 @@ _DOC_COMMON = """
         When something must be written and ``data_home`` is not writable.
     OSError
         When the data is missing and ``download_if_missing=False``, or the download fails.
+
+    Examples
+    --------
+    With ``download_if_missing=False`` nothing is downloaded, and a folder without the data
+    raises:
+
+    >>> import tempfile
+    >>> from skffjord.datasets import {func}
+    >>> with tempfile.TemporaryDirectory() as home:
+    ...     {func}(home, download_if_missing=False)
+    Traceback (most recent call last):
+        ...
+    OSError: {upper} is not in ... and download_if_missing=False. ...
+
+    The usual call downloads the archive once and then reads the cached splits (not run here:
+    it needs the network):
+
+    >>> data = {func}()  # doctest: +SKIP
+    >>> data.train.shape, data.validation.shape, data.test.shape  # doctest: +SKIP
+    {shapes}
 """
 
 
@@ -361,7 +381,13 @@ def _fetcher(name: str, summary: str, dtype: str = "float64") -> Callable[..., B
         f"    :mod:`skffjord.datasets._preprocessing`. The archive (about 1 GB, shared by all\n"
         f"    datasets) is kept in ``data_home/maf``; the processed splits are cached in\n"
         f"    ``data_home/processed``, so later calls only read that file.\n"
-        + _DOC_COMMON.format(d=spec.n_features, dtype=dtype)
+        + _DOC_COMMON.format(
+            d=spec.n_features,
+            dtype=dtype,
+            func=f"fetch_{name}",
+            upper=name.upper(),
+            shapes=tuple((size, spec.n_features) for size in spec.split_sizes),
+        )
     )
     return fetch
 
@@ -489,6 +515,25 @@ def fetch_bsds300(
         When something must be written and ``data_home`` is not writable.
     OSError
         When the data is missing and ``download_if_missing=False``, or the download fails.
+
+    Examples
+    --------
+    With ``download_if_missing=False`` nothing is downloaded, and a folder without the data
+    raises:
+
+    >>> import tempfile
+    >>> from skffjord.datasets import fetch_bsds300
+    >>> with tempfile.TemporaryDirectory() as home:
+    ...     fetch_bsds300(home, source="images", download_if_missing=False)
+    Traceback (most recent call last):
+        ...
+    OSError: BSDS300 is not in ... and download_if_missing=False. ...
+
+    Patches cut from a local copy of the original images (not run here: it needs the images):
+
+    >>> data = fetch_bsds300(source="images", images_dir="BSDS300/images")  # doctest: +SKIP
+    >>> data.train.shape, data.validation.shape, data.test.shape  # doctest: +SKIP
+    ((1000000, 63), (50000, 63), (250000, 63))
     """
     if source == "maf":
         if images_dir is not None:
@@ -559,6 +604,15 @@ def fetch_dataset(
     ------
     ValueError
         For an unknown name, listing the known ones.
+
+    Examples
+    --------
+    >>> from skffjord.datasets import fetch_dataset
+    >>> fetch_dataset("cifar10")
+    Traceback (most recent call last):
+        ...
+    ValueError: Unknown dataset 'cifar10'; the datasets are power, gas, hepmass, miniboone, bsds300.
+    >>> data = fetch_dataset("gas", download_if_missing=False)  # doctest: +SKIP
     """
     fetchers: dict[str, Callable[..., Bunch]] = {
         "power": fetch_power,
