@@ -3,9 +3,18 @@ Learned densities of 2-D shapes, and samples drawn from them
 ============================================================
 
 Three toy shapes that a single Gaussian cannot describe: two moons, two concentric rings and
-a ring of eight Gaussians. For each, :class:`skffjord.FFJORDDensity` is fitted with its
-defaults for a fixed time budget; the figure shows the training data, the learned density
-``exp(score_samples)`` on a grid, and samples drawn with ``sample``.
+a ring of eight Gaussians. For each, :class:`skffjord.FFJORDDensity` is fitted by flow
+matching alone (``training="flow_matching"``, 250 to 700 epochs of 8 steps) with three
+hidden layers of 64 units, a learning rate of 0.005 and mini-batches of 256 rows. In two
+dimensions a deeper, narrower network and many small steps do better in a short budget than
+the defaults, which were chosen on tabular benchmarks. Whatever the training, the densities
+are exact likelihoods of the trained flow (``score_samples`` solves the ODE with the exact
+trace). The figure shows the training data, the learned density ``exp(score_samples)`` on a
+grid, and samples drawn with ``sample``.
+
+These are short fits (about 10 to 20 seconds each on two CPU cores) and it shows: the moons
+and the eight modes are found, but the inner ring and the gaps between modes are still
+blurred, with some mass on the bridges between them. Longer fits sharpen them.
 
 The densities are normalised: the grid sum times the cell area is printed next to each
 shape (close to 1 when the grid covers the mass).
@@ -28,24 +37,33 @@ def eight_gaussians(n, seed):
     return centers + 0.15 * rng.normal(size=(n, 2))
 
 
+# (data, training epochs): the rings, which must be torn apart from one Gaussian blob, need
+# the longest training
 shapes = {
-    "two moons": make_moons(2000, noise=0.06, random_state=0)[0],
-    "two rings": make_circles(2000, noise=0.04, factor=0.5, random_state=0)[0],
-    "eight Gaussians": eight_gaussians(2000, 0),
+    "two moons": (make_moons(2000, noise=0.06, random_state=0)[0], 250),
+    "two rings": (make_circles(2000, noise=0.04, factor=0.5, random_state=0)[0], 700),
+    "eight Gaussians": (eight_gaussians(2000, 0), 300),
 }
 
 fig, axes = plt.subplots(3, 3, figsize=(9, 9))
-for row, (name, X) in zip(axes, shapes.items(), strict=True):
-    model = FFJORDDensity(max_time=12, max_iter=10**6, learning_rate_init=3e-3, random_state=0)
+for row, (name, (X, epochs)) in zip(axes, shapes.items(), strict=True):
+    model = FFJORDDensity(
+        training="flow_matching",
+        hidden_layer_sizes=(64, 64, 64),
+        learning_rate_init=5e-3,
+        batch_size=256,
+        max_iter=epochs,
+        random_state=0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(X)
     lo, hi = X.min(0) - 0.5, X.max(0) + 0.5
-    gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 120), np.linspace(lo[1], hi[1], 120))
+    gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 70), np.linspace(lo[1], hi[1], 70))
     grid = np.c_[gx.ravel(), gy.ravel()]
     density = np.exp(model.score_samples(grid)).reshape(gx.shape)
     cell = (gx[0, 1] - gx[0, 0]) * (gy[1, 0] - gy[0, 0])
-    samples = model.sample(2000, random_state=1)
+    samples = model.sample(1500, random_state=1)
 
     row[0].scatter(X[:, 0], X[:, 1], s=1, alpha=0.5)
     row[0].set_title(f"{name}: data")
