@@ -35,6 +35,9 @@ exclude_patterns = ["_build", "README.md", "_static", "auto_examples/*.ipynb", "
 html_theme = "pydata_sphinx_theme"
 html_title = f"skffjord {release}"
 html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2}
+# These pages have no sub-pages, so their left "section navigation" would stay empty.
+_FLAT_PAGES = ("index", "install", "getting_started", "user_guide", "choosing", "outliers")
+html_sidebars = {page: [] for page in (*_FLAT_PAGES, "datasets")}
 
 autosummary_generate = True
 numpydoc_show_class_members = False

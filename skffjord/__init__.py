@@ -9,6 +9,10 @@ from ._utils import DeviceWarning
 
 __version__ = "0.1.0"
 
+# Public exceptions and warnings are shown (in tracebacks, reprs, docs) under the name users
+# import them by, not the private module that defines them.
+SolverError.__module__ = DeviceWarning.__module__ = __name__
+
 __all__ = [
     "DeviceWarning",
     "FFJORDDensity",

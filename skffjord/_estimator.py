@@ -21,7 +21,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from ._dynamics import ACTIVATIONS, auto_hidden_layer_sizes
 from ._flow import EvalConfig, FFJORDFlow, TrainConfig
 from ._ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS
-from ._training import FitConfig, LearningRateSchedule, TrainingResult, train_flow
+from ._training import FitConfig, TrainingResult, train_flow
 from ._utils import make_generator, resolve_device, spawn_seeds
 
 __all__ = ["FFJORDDensity"]
@@ -175,12 +175,6 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         larger than the training set. Also the chunk size when validating.
     learning_rate_init : float, default=1e-3
         Adam's step size.
-    learning_rate : {'constant', 'cosine'}, default='constant'
-        Schedule of the step size. ``'cosine'`` lowers it from ``learning_rate_init`` to zero
-        along a half cosine over the fit's budget: the larger of the share of ``max_iter``
-        epochs done and the share of ``max_time`` elapsed, updated every optimizer step (one
-        schedule for both phases of a hybrid fit). Early stopping still stops early; a fit
-        that stops on ``tol`` ends before the rate reaches zero.
     alpha : float, default=0.0
         L2 penalty (Adam's weight decay).
     max_iter : int, default=100
@@ -302,7 +296,6 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         "standardize": ["boolean"],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
-        "learning_rate": [StrOptions({"constant", "cosine"})],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "max_time": [Interval(Real, 0, None, closed="neither"), None],
@@ -343,7 +336,6 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         standardize: bool = True,
         batch_size: int | str = "auto",
         learning_rate_init: float = 1e-3,
-        learning_rate: str = "constant",
         alpha: float = 0.0,
         max_iter: int = 100,
         max_time: float | None = None,
@@ -380,7 +372,6 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self.standardize = standardize
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
-        self.learning_rate = learning_rate
         self.alpha = alpha
         self.max_iter = max_iter
         self.max_time = max_time
@@ -590,15 +581,6 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             validation_chunk=max(int(batch_size), 1024),
             verbose=int(self.verbose),
             training=self.training,
-            schedule=(
-                LearningRateSchedule(
-                    max_iter=int(self.max_iter),
-                    max_time=None if self.max_time is None else float(self.max_time),
-                    start=time.perf_counter(),
-                )
-                if self.learning_rate == "cosine"
-                else None
-            ),
         )
         data = (
             as_tensor(U[train_idx]),
@@ -670,13 +652,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         second = train_flow(
             flow,
             *data,
-            replace(
-                fit_cfg,
-                training="likelihood",
-                max_iter=n_likelihood,
-                max_time=remaining,
-                epoch_offset=first.n_iter,
-            ),
+            replace(fit_cfg, training="likelihood", max_iter=n_likelihood, max_time=remaining),
             optimizer_state=first.optimizer_state,
             **common,
         )

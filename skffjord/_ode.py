@@ -42,11 +42,14 @@ class SolverError(RuntimeError):
     >>> import numpy as np
     >>> from skffjord import FFJORDDensity, SolverError
     >>> X = np.random.default_rng(0).normal(size=(200, 2))
-    >>> model = FFJORDDensity(hidden_layer_sizes=(16, 16), max_iter=5, random_state=0).fit(X)
-    >>> model.set_params(eval_ode_solver_params={"max_num_steps": 2}).score_samples(X[:5])
+    >>> model = FFJORDDensity(hidden_layer_sizes=(16, 16), max_iter=5, random_state=0)
+    >>> model = model.fit(X)
+    >>> model.set_params(eval_ode_solver_params={"max_num_steps": 2})
+    FFJORDDensity(eval_ode_solver_params={'max_num_steps': 2}, ...)
+    >>> model.score_samples(X[:5])
     Traceback (most recent call last):
         ...
-    skffjord._ode.SolverError: the per-row solver reached its step cap (2 steps)
+    skffjord.SolverError: the per-row solver reached its step cap (2 steps)
     >>> model.set_params(eval_ode_solver_params=None).score_samples(X[:5]).shape
     (5,)
     """

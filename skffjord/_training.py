@@ -14,13 +14,7 @@ from ._flow import FFJORDFlow, TrainConfig
 from ._flow_matching import flow_matching_loss, flow_matching_residuals
 from ._ode import SolverError, solver_error_from
 
-__all__ = [
-    "FitConfig",
-    "LearningRateSchedule",
-    "TrainingFailure",
-    "TrainingResult",
-    "train_flow",
-]
+__all__ = ["FitConfig", "TrainingFailure", "TrainingResult", "train_flow"]
 
 
 @dataclass(frozen=True)
@@ -39,29 +33,6 @@ class FitConfig:
     validation_chunk: int = 4096
     verbose: int = 0
     training: str = "likelihood"
-    schedule: LearningRateSchedule | None = None
-    epoch_offset: int = 0
-
-
-@dataclass(frozen=True)
-class LearningRateSchedule:
-    """Cosine decay of the learning rate over a fit's whole budget.
-
-    The budget used is the larger of the share of ``max_iter`` epochs done and the share of
-    ``max_time`` elapsed since ``start`` (a ``time.perf_counter`` reading); the rate falls from
-    ``learning_rate_init`` to zero as it goes from 0 to 1. Shared by both phases of a hybrid
-    fit, so the likelihood phase continues the decay where flow matching left it.
-    """
-
-    max_iter: int
-    max_time: float | None
-    start: float
-
-    def factor(self, epochs_done: float) -> float:
-        used = epochs_done / self.max_iter
-        if self.max_time is not None:
-            used = max(used, (time.perf_counter() - self.start) / self.max_time)
-        return 0.5 * (1.0 + math.cos(math.pi * min(used, 1.0)))
 
 
 @dataclass
@@ -221,10 +192,6 @@ def train_flow(
                 if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
                     raise TrainingFailure("the gradients became NaN or infinite")
                 last_good = _snapshot(flow)
-                if config.schedule is not None:
-                    done = config.epoch_offset + epoch + b / n
-                    for group in optimizer.param_groups:
-                        group["lr"] = config.learning_rate_init * config.schedule.factor(done)
                 optimizer.step()
                 batch_w = float(wb.sum())
                 loss_sum += nll.item() * batch_w

@@ -25,7 +25,8 @@ class DeviceWarning(UserWarning):
     >>> import numpy as np
     >>> from skffjord import DeviceWarning, FFJORDDensity
     >>> X = np.random.default_rng(0).normal(size=(100, 2))
-    >>> model = FFJORDDensity(hidden_layer_sizes=(8,), max_iter=2, random_state=0).fit(X)
+    >>> model = FFJORDDensity(hidden_layer_sizes=(8,), max_iter=2, random_state=0)
+    >>> model = model.fit(X)
     >>> model.device_ = "cuda:99"
     >>> with warnings.catch_warnings(record=True) as caught:
     ...     warnings.simplefilter("always", DeviceWarning)

@@ -18,6 +18,8 @@ from ._fetchers import (
     fetch_power,
 )
 
+DataIntegrityError.__module__ = __name__  # shown under its public name
+
 __all__ = [
     "DATASETS",
     "DATA_HOME_ENV",
