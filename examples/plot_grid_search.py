@@ -31,7 +31,7 @@ pipe = Pipeline(
         ("scale", StandardScaler()),
         (
             "flow",
-            FFJORDDensity(max_iter=60, batch_size=128, learning_rate_init=5e-3, random_state=0),
+            FFJORDDensity(max_iter=35, batch_size=128, learning_rate_init=5e-3, random_state=0),
         ),
     ]
 )
