@@ -25,10 +25,14 @@ def _fit(X, **kw):
 
 
 EXPECTED_FAILED_CHECKS = {
-    # Mini-batch training is not exactly equivalent to repeating rows (the batches differ),
-    # as for scikit-learn's own SGD and MLP estimators. FFJORDDensity passes this check only
-    # because it has no predict/decision_function for the check to compare.
-    "check_sample_weight_equivalence_on_dense_data": "mini-batch training: batches differ",
+    # Weighted rows and repeated rows give the same loss only up to float32 rounding (the
+    # rows are summed in another order), and Adam's normalised steps amplify that: measured
+    # decision_function differences of up to 0.013 with the check's 15 rows (one full
+    # batch); with mini-batches the batches themselves differ too. FFJORDDensity passes this
+    # check only because it has no predict/decision_function for the check to compare.
+    "check_sample_weight_equivalence_on_dense_data": (
+        "float32 training: weights equal repeated rows only up to rounding amplified by Adam"
+    ),
 }
 
 
