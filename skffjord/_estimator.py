@@ -188,7 +188,12 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         ``early_stopping``) before training stops.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the data, stop when its log-likelihood stops
-        improving, and restore the best-validation weights at the end.
+        improving, and restore the best-validation weights at the end. The validation
+        log-likelihoods come from the evaluation solver (``eval_*``, exact trace), the one
+        ``score_samples`` uses, so a coarse training solver that the fit learns to exploit
+        cannot hide it (the validation score then falls). With ``training='hybrid'`` the
+        weights at the end of flow matching compete too: the likelihood phase is kept only
+        where it improves the validation log-likelihood.
     validation_fraction : float, default=0.1
         Share of the data held out for early stopping.
     shuffle : bool, default=True
@@ -216,7 +221,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     history_ : list of dict
         One record per epoch: ``epoch``, ``train_loss`` (mean negative log-likelihood in
         the user's units, with the Hutchinson estimate), ``valid_score`` (mean
-        log-likelihood on the validation set, exact trace, NaN without early stopping),
+        log-likelihood on the validation set, exact trace, evaluation solver, NaN without
+        early stopping; ``-inf`` where that solver failed),
         ``nfe`` and ``nfe_backward`` (function evaluations per training solve, forward
         and in the adjoint's backward pass), ``n_steps`` (optimizer steps) and ``time``
         (seconds since the fit started).
@@ -225,7 +231,9 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     validation_scores_ : list of float or None
         ``valid_score`` per epoch with ``early_stopping``, else None.
     best_validation_score_ : float or None
-        Best validation mean log-likelihood (its weights are kept), or None.
+        Best validation mean log-likelihood (its weights are kept), or None. With
+        ``training='hybrid'`` it may be that of the flow-matching weights, scored before
+        the likelihood phase (not an entry of ``validation_scores_``).
     best_loss_ : float
         Lowest training loss of an epoch.
     stop_reason_ : str
@@ -581,6 +589,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             validation_chunk=max(int(batch_size), 1024),
             verbose=int(self.verbose),
             training=self.training,
+            validation_solver=self._eval_config(validate=False),
         )
         data = (
             as_tensor(U[train_idx]),
@@ -652,7 +661,13 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         second = train_flow(
             flow,
             *data,
-            replace(fit_cfg, training="likelihood", max_iter=n_likelihood, max_time=remaining),
+            replace(
+                fit_cfg,
+                training="likelihood",
+                max_iter=n_likelihood,
+                max_time=remaining,
+                score_initial=True,
+            ),
             optimizer_state=first.optimizer_state,
             **common,
         )

@@ -399,12 +399,18 @@ class FFJORDFlow(nn.Module):
 
     def log_prob(self, x: Tensor, config: EvalConfig) -> Tensor:
         """Exact log-density of rows ``x`` in the user's units, shape ``(batch,)``."""
-        z = self.standardize(x)
-        total_div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        return self.standardized_log_prob(self.standardize(x), config) + (
+            self.log_abs_det_standardize()
+        )
+
+    def standardized_log_prob(self, u: Tensor, config: EvalConfig) -> Tensor:
+        """Exact log-density of *standardised* rows ``u`` (evaluation solver), ``(batch,)``."""
+        z = u
+        total_div = torch.zeros(u.shape[0], dtype=u.dtype, device=u.device)
         for block in self.blocks:
             z, div, _ = block.forward_exact(z, config)
             total_div = total_div + div
-        return standard_normal_log_prob(z) + total_div + self.log_abs_det_standardize()
+        return standard_normal_log_prob(z) + total_div
 
     def to_latent(self, x: Tensor, config: EvalConfig) -> Tensor:
         """Map data rows (user's units) to the base space."""

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._flow import FFJORDFlow, TrainConfig
+from ._flow import EvalConfig, FFJORDFlow, TrainConfig
 from ._flow_matching import flow_matching_loss, flow_matching_residuals
 from ._ode import SolverError, solver_error_from
 
@@ -33,6 +33,14 @@ class FitConfig:
     validation_chunk: int = 4096
     verbose: int = 0
     training: str = "likelihood"
+    #: Solver of the likelihood validation scores; ``None``: the training solver (exact
+    #: trace). The estimator passes its evaluation solver, so that early stopping sees what
+    #: ``score_samples`` will report, not a coarse training solver that may be exploited.
+    validation_solver: EvalConfig | None = None
+    #: Score the validation rows before the first epoch, and let those weights compete for
+    #: the best (the likelihood phase of ``training='hybrid'`` cannot end worse than the
+    #: flow-matching fit it starts from, as judged on the validation rows).
+    score_initial: bool = False
 
 
 @dataclass
@@ -62,9 +70,16 @@ def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
 
 @torch.no_grad()
 def validation_score(
-    flow: FFJORDFlow, u: Tensor, w: Tensor, config: TrainConfig, chunk: int
+    flow: FFJORDFlow, u: Tensor, w: Tensor, config: TrainConfig | EvalConfig, chunk: int
 ) -> float:
-    """Weighted mean log-likelihood of standardised rows, exact trace, training solver."""
+    """Weighted mean log-likelihood of standardised rows with the exact trace, through the
+    evaluation solver (an ``EvalConfig``) or the training solver (a ``TrainConfig``)."""
+    if isinstance(config, EvalConfig):
+        total = 0.0
+        for start in range(0, u.shape[0], chunk):
+            logp = flow.standardized_log_prob(u[start : start + chunk], config)
+            total += float((logp * w[start : start + chunk]).sum())
+        return total / float(w.sum())
     exact = TrainConfig(
         method=config.method,
         atol=config.atol,
@@ -79,6 +94,23 @@ def validation_score(
         logp, _, _ = flow.train_log_prob(u[start : start + chunk], exact, None)
         total += float((logp * w[start : start + chunk]).sum())
     return total / float(w.sum())
+
+
+def likelihood_validation(flow: FFJORDFlow, u: Tensor, w: Tensor, config: FitConfig) -> float:
+    """Validation log-likelihood of standardised rows (``config.validation_solver``, else
+    the training solver)."""
+    solver = config.validation_solver if config.validation_solver is not None else config.solver
+    return validation_score(flow, u, w, solver, config.validation_chunk)
+
+
+def _guarded_validation(flow: FFJORDFlow, u: Tensor, w: Tensor, config: FitConfig) -> float:
+    """``likelihood_validation``, or ``-inf`` (no improvement) when the weights cannot be
+    scored: the validation solver failed or the score is not finite."""
+    try:
+        score = likelihood_validation(flow, u, w, config)
+    except SolverError:
+        return -math.inf
+    return score if math.isfinite(score) else -math.inf
 
 
 def flow_matching_validation_loss(
@@ -154,6 +186,8 @@ def train_flow(
     best_score = -math.inf
     no_improve = 0
     start = time.perf_counter()
+    if use_validation and config.score_initial and config.training == "likelihood":
+        best_score = _guarded_validation(flow, u_val, w_val, config) + log_det_offset
     progress = None
     if config.verbose:
         from tqdm.auto import tqdm
@@ -222,10 +256,7 @@ def train_flow(
                 if config.training == "flow_matching":
                     score = -flow_matching_validation_loss(flow, u_val, w_val, config)
                 else:
-                    score = (
-                        validation_score(flow, u_val, w_val, config.solver, config.validation_chunk)
-                        + log_det_offset
-                    )
+                    score = _guarded_validation(flow, u_val, w_val, config) + log_det_offset
                 record["valid_score"] = score
                 if score > best_score + config.tol:
                     no_improve = 0

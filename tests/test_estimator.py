@@ -288,8 +288,9 @@ def test_keyboard_interrupt_keeps_best_model(X, monkeypatch):
     with pytest.warns(UserWarning, match="interrupted"):
         model.fit(X)
     assert model.stop_reason_ == "interrupted"
-    # 108 training rows: 3 batches + 1 validation call per epoch; call 7 is in epoch 2
-    assert model.n_iter_ == 1
+    # 108 training rows: 3 batches per epoch (validation goes through the evaluation
+    # solver, not train_log_prob); call 7 is the first batch of epoch 3
+    assert model.n_iter_ == 2
     assert model.best_validation_score_ == max(model.validation_scores_)
     assert np.isfinite(model.score_samples(X)).all()
 
@@ -581,3 +582,66 @@ def test_trajectory_runs_from_data_to_latent(fitted, X):
     np.testing.assert_allclose(back.numpy(), X[:7], atol=1e-4)
     with pytest.raises(ValueError, match="n_times"):
         fitted.trajectory(X[:2], n_times=1)
+
+
+def _train_flow_setup(rng, **fit_kwargs):
+    from skffjord._flow import TrainConfig
+    from skffjord._training import FitConfig
+
+    X = torch.as_tensor(rng.normal(size=(60, 2)), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    flow = FFJORDFlow(
+        2, (32, 32), "tanh", 1, 1.0, torch.zeros(2), torch.ones(2), generator=gen
+    ).float()
+    settings = dict(
+        batch_size=20,
+        learning_rate_init=3e-2,
+        alpha=0.0,
+        max_iter=40,
+        max_time=None,
+        tol=0.0,
+        n_iter_no_change=5,
+        shuffle=True,
+        solver=TrainConfig(method="euler", options={"step_size": 1.0}),
+    )
+    settings.update(fit_kwargs)
+    return X, gen, flow, FitConfig(**settings)
+
+
+def test_validation_goes_through_the_evaluation_solver(rng):
+    from skffjord._flow import EvalConfig
+    from skffjord._training import train_flow, validation_score
+
+    evaluation = EvalConfig(atol=1e-6, rtol=1e-6)
+    X, gen, flow, cfg = _train_flow_setup(rng, validation_solver=evaluation)
+    w = torch.ones(60)
+    result = train_flow(
+        flow, X[:40], w[:40], X[40:], w[40:], cfg, rng=np.random.default_rng(0), generator=gen
+    )
+    restored = validation_score(flow, X[40:], w[40:], evaluation, 1024)
+    assert restored == pytest.approx(result.best_validation_score, abs=1e-6)
+    # the one-step Euler training solver gives a different number for the same weights
+    coarse = validation_score(flow, X[40:], w[40:], cfg.solver, 1024)
+    assert abs(coarse - restored) > 1e-3
+
+
+def test_score_initial_keeps_the_starting_weights_when_training_only_hurts(rng):
+    from skffjord._flow import EvalConfig
+    from skffjord._training import train_flow, validation_score
+
+    evaluation = EvalConfig(atol=1e-6, rtol=1e-6)
+    # an absurd learning rate: every epoch is worse than the starting weights
+    X, gen, flow, cfg = _train_flow_setup(
+        rng, validation_solver=evaluation, score_initial=True, learning_rate_init=3.0
+    )
+    start = {k: v.clone() for k, v in flow.state_dict().items()}
+    initial = validation_score(flow, X[40:], torch.ones(20), evaluation, 1024)
+    w = torch.ones(60)
+    result = train_flow(
+        flow, X[:40], w[:40], X[40:], w[40:], cfg, rng=np.random.default_rng(0), generator=gen
+    )
+    scores = [h["valid_score"] for h in result.history]
+    assert max(scores) < initial  # the premise: training made it worse
+    assert result.best_validation_score == pytest.approx(initial, abs=1e-6)
+    assert all(torch.equal(v, start[k]) for k, v in flow.state_dict().items())
+    assert result.n_iter == cfg.n_iter_no_change  # no epoch beat the starting weights
