@@ -288,9 +288,9 @@ def test_keyboard_interrupt_keeps_best_model(X, monkeypatch):
     with pytest.warns(UserWarning, match="interrupted"):
         model.fit(X)
     assert model.stop_reason_ == "interrupted"
-    # 108 training rows: 3 batches per epoch (validation goes through the evaluation
-    # solver, not train_log_prob); call 7 is the first batch of epoch 3
-    assert model.n_iter_ == 2
+    # 108 training rows: 3 batches and 1 solver_gap check per epoch (validation goes
+    # through the evaluation solver, not train_log_prob); call 7 is in epoch 2
+    assert model.n_iter_ == 1
     assert model.best_validation_score_ == max(model.validation_scores_)
     assert np.isfinite(model.score_samples(X)).all()
 
@@ -563,7 +563,7 @@ def test_defaults_hybrid_auto_width_and_four_rk4_steps(X):
         3,
     ]
     assert [h["phase"] for h in model.history_] == ["flow_matching"] * 3 + ["likelihood"]
-    assert model.history_[-1]["nfe"] == 16  # rk4: 4 steps of 4 evaluations
+    assert model.history_[-1]["nfe"] == 32  # rk4: 8 steps of 4 evaluations
     assert np.isfinite(model.score_samples(X)).all()
 
 
@@ -645,3 +645,41 @@ def test_score_initial_keeps_the_starting_weights_when_training_only_hurts(rng):
     assert result.best_validation_score == pytest.approx(initial, abs=1e-6)
     assert all(torch.equal(v, start[k]) for k, v in flow.state_dict().items())
     assert result.n_iter == cfg.n_iter_no_change  # no epoch beat the starting weights
+
+
+def test_solver_gap_is_small_for_a_fine_solver_and_large_for_a_coarse_one(rng):
+    from skffjord._flow import EvalConfig, TrainConfig
+    from skffjord._training import FitConfig, solver_gap
+
+    gen = torch.Generator().manual_seed(0)
+    flow = FFJORDFlow(
+        2, (32, 32), "tanh", 1, 1.0, torch.zeros(2), torch.ones(2), generator=gen
+    ).double()
+    with torch.no_grad():  # a strongly non-linear field (the output layer starts at zero)
+        for p in flow.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    u = torch.as_tensor(rng.normal(size=(300, 2)))
+
+    def gap(solver):
+        cfg = FitConfig(
+            batch_size=10, learning_rate_init=1e-3, alpha=0.0, max_iter=1, max_time=None,
+            tol=0.0, n_iter_no_change=1, shuffle=False, solver=solver,
+            validation_solver=EvalConfig(atol=1e-9, rtol=1e-9),
+        )  # fmt: skip
+        return solver_gap(flow, u, cfg)
+
+    assert abs(gap(TrainConfig(method="rk4", options={"step_size": 0.01}))) < 1e-4
+    assert abs(gap(TrainConfig(method="euler", options={"step_size": 1.0}))) > 0.1
+
+
+@pytest.mark.parametrize("gap, warns", [(5.0, True), (0.05, False)])
+def test_fit_warns_when_the_training_solver_is_exploited(X, monkeypatch, gap, warns):
+    import skffjord._training as training
+
+    monkeypatch.setattr(training, "solver_gap", lambda *args, **kwargs: gap)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = tiny(max_iter=2).fit(X)
+    messages = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert any("solver_gap" in m for m in messages) == warns
+    assert model.history_[-1]["solver_gap"] == gap
