@@ -127,6 +127,9 @@ def run_ffjord_single_fit(train, val, test, budget, seed, **params):
         nfe=float(np.mean([h["nfe"] for h in likelihood])) if likelihood else None,
         curve=curve or [(spent, -float(model.score(val)))],
         params={k: str(v) for k, v in model.get_params().items()},
+        stop_reason=model.stop_reason_,
+        # training minus evaluation solver, nats per row, after each likelihood epoch
+        solver_gaps=[(h["time"], h.get("solver_gap")) for h in likelihood],
     )
 
 

@@ -7,12 +7,19 @@ function evaluations per solve against our own maximum-likelihood run with regul
 negative = ours better).
 
     python benchmarks/summarize.py results/*.json
+
+Files of the same dataset, split and budget (equal ``args`` apart from the model list and
+the output names) are merged, later files replacing earlier ones model by model: a rerun of
+one model after a change to it is compared with the peers' runs on the same rows. Files
+whose splits differ are never merged. ``--table`` prints the merged test NLL of every model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+
+_PER_RUN = ("models", "out", "plot")
 
 
 def _by_model(path):
@@ -22,6 +29,46 @@ def _by_model(path):
     return data["args"], results
 
 
+def merged(paths):
+    """``[(args, {model: result, ...}, {model: path})]``, one entry per distinct split."""
+    runs = []
+    for path in paths:
+        args, results = _by_model(path)
+        key = {k: v for k, v in args.items() if k not in _PER_RUN}
+        for run_key, _, models, sources in runs:
+            if run_key == key:
+                models.update(results)
+                sources.update(dict.fromkeys(results, path))
+                break
+        else:
+            runs.append((key, args, dict(results), dict.fromkeys(results, path)))
+    return [(args, models, sources) for _, args, models, sources in runs]
+
+
+def _label(args):
+    if args.get("synthetic"):
+        return f"{args['dataset']} (synthetic stand-in)"
+    if args["dataset"] == "bsds300" and args.get("bsds300_source") == "images":
+        return "bsds300 (patches of the real images)"
+    return f"{args['dataset']} (real)"
+
+
+def nll_table(paths):
+    """Test NLL ± 2 s.e. of every model, one row per dataset (merged runs)."""
+    runs = merged(paths)
+    names = []
+    for _, models, _ in runs:
+        names += [m for m in models if m not in names]
+    lines = ["| dataset | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for args, models, _ in runs:
+        cells = [
+            f"{models[m]['test_nll']:.3f} ± {models[m]['test_nll_2se']:.3f}" if m in models else ""
+            for m in names
+        ]
+        lines.append(f"| {_label(args)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def summarize(paths):
     lines = [
         "| dataset | ours − zuko CNF exact | ours − zuko CNF Hutchinson | ours − zuko NSF | "
@@ -29,17 +76,11 @@ def summarize(paths):
         "ours − likelihood run |",
         "|---|---|---|---|---|---|---|",
     ]
-    for path in paths:
-        args, r = _by_model(path)
+    for args, r, _ in merged(paths):
         ours = r.get("ffjord_default")
         if ours is None:
             continue
-        if args.get("synthetic"):
-            label = f"{args['dataset']} (synthetic stand-in)"
-        elif args["dataset"] == "bsds300" and args.get("bsds300_source") == "images":
-            label = "bsds300 (patches of the real images)"
-        else:
-            label = f"{args['dataset']} (real)"
+        label = _label(args)
 
         def gap(name, ours=ours, r=r):
             other = r.get(name)
@@ -63,8 +104,12 @@ def summarize(paths):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+")
+    parser.add_argument("--table", action="store_true", help="also print every model's NLL")
     args = parser.parse_args(argv)
     print(summarize(args.paths))
+    if args.table:
+        print()
+        print(nll_table(args.paths))
 
 
 if __name__ == "__main__":
