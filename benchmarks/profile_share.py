@@ -4,7 +4,8 @@ A model with the default settings is fitted briefly on a synthetic stand-in (NOT
 dataset); then three phases are timed with the network's forward (and closed-form trace)
 calls wrapped by a timer:
 - a flow-matching epoch (forward and backward of the regression loss);
-- a likelihood epoch through the training solver (rk4, 4 steps);
+- a likelihood epoch through the default training solver (rk4; 4 steps when the README's
+  figures were taken, 8 since);
 - ``score_samples`` (per-row dopri5, exact trace, float64).
 The remainder is solver bookkeeping, autograd outside the network, data handling and Python.
 Backward passes are charged to the remainder, so the network share is a lower bound in the
@@ -88,7 +89,7 @@ def main(argv=None):
 
     print(f"{args.dataset} stand-in, d={train.shape[1]}, n={train.shape[0]}, {field}")
     phase("flow-matching epoch", epoch("flow_matching"))
-    phase("likelihood epoch (rk4, 4 steps)", epoch("likelihood"))
+    phase("likelihood epoch (default rk4 steps)", epoch("likelihood"))
     phase(f"score_samples on {args.n_test} rows", lambda: model.score_samples(test))
 
 

@@ -1,7 +1,7 @@
 """How FFJORDDensity's cost grows with the number of rows n and the dimension d.
 
 For every point: after a short warm-up fit with the defaults, one flow-matching epoch and one
-likelihood epoch (rk4, 4 steps, closed-form exact trace) are timed on all n rows, then
+likelihood epoch (default rk4 steps, closed-form exact trace) are timed on all n rows, then
 ``score_samples`` on up to ``--score-rows`` rows. Data: the synthetic stand-in generator
 of ``maf_datasets.py`` (8-component Gaussian mixture, random rotation, sinh), at any d.
 Reported: seconds per epoch of each kind and seconds per scored row, the log-log slope

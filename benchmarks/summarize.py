@@ -11,13 +11,17 @@ negative = ours better).
 Files of the same dataset, split and budget (equal ``args`` apart from the model list and
 the output names) are merged, later files replacing earlier ones model by model: a rerun of
 one model after a change to it is compared with the peers' runs on the same rows. Files
-whose splits differ are never merged. ``--table`` prints the merged test NLL of every model.
+whose splits differ are never merged (splits are identified by the arguments only: merge
+files of the same code version of ``maf_datasets.py``). ``--table`` prints the merged test
+NLL of every model with the file each came from; ``--plot`` draws the merged validation
+curves, one panel per dataset.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 
 _PER_RUN = ("models", "out", "plot")
 
@@ -66,7 +70,37 @@ def nll_table(paths):
             for m in names
         ]
         lines.append(f"| {_label(args)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for args, _, sources in runs:
+        for model, path in sources.items():
+            lines.append(f"- {_label(args)}, {model}: {path}")
     return "\n".join(lines)
+
+
+def plot_curves(paths, out):
+    """Validation NLL against wall time of every model, one panel per dataset (merged)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = merged(paths)
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.6), squeeze=False)
+    for ax, (args, models, _) in zip(axes[0], runs, strict=True):
+        values = []
+        for name, result in models.items():
+            curve = [(t, v) for t, v in result.get("curve") or [] if math.isfinite(v)]
+            if curve:
+                t, v = zip(*curve, strict=True)
+                ax.plot(t, v, marker="." if len(t) < 30 else None, label=name)
+                values += list(v)
+        if values:  # clip the early, very high values so the ends are readable
+            lo, hi = min(values), sorted(values)[int(0.9 * (len(values) - 1))]
+            ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9))
+        ax.set(title=_label(args), xlabel="wall time (s)", ylabel="validation NLL (nats)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
 
 
 def summarize(paths):
@@ -105,11 +139,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+")
     parser.add_argument("--table", action="store_true", help="also print every model's NLL")
+    parser.add_argument("--plot", default=None, help="write the merged validation curves here")
     args = parser.parse_args(argv)
     print(summarize(args.paths))
     if args.table:
         print()
         print(nll_table(args.paths))
+    if args.plot:
+        plot_curves(args.paths, args.plot)
 
 
 if __name__ == "__main__":

@@ -166,7 +166,10 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         ``jacobian_reg > 0`` the probe is drawn in data space, not in the bottleneck.
     eval_ode_solver : {'dopri5'} or a fixed-step method, default='dopri5'
         Solver of :meth:`score_samples` and :meth:`sample`. 'dopri5' runs a Dormand-Prince
-        solver with per-row step-size control; fixed-step methods use torchdiffeq.
+        solver with per-row step-size control; fixed-step methods use torchdiffeq. In
+        likelihood training it also computes the early-stopping validation scores and
+        each epoch's ``solver_gap`` (in the training precision, float32), so its settings
+        affect training time and when training stops.
     eval_atol, eval_rtol : float, default=1e-6
         Tolerances of the evaluation solver (tighter than in training).
     eval_ode_solver_params : dict, default=None
@@ -195,10 +198,11 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         Hold out ``validation_fraction`` of the data, stop when its log-likelihood stops
         improving, and restore the best-validation weights at the end. The validation
         log-likelihoods come from the evaluation solver (``eval_*``, exact trace), the one
-        ``score_samples`` uses, so a coarse training solver that the fit learns to exploit
-        cannot hide it (the validation score then falls). With ``training='hybrid'`` the
-        weights at the end of flow matching compete too: the likelihood phase is kept only
-        where it improves the validation log-likelihood.
+        ``score_samples`` uses (in float32 during training, float64 in scoring), so a
+        coarse training solver that the fit learns to exploit cannot hide it (the
+        validation score then falls). The starting weights compete too, with
+        ``training='hybrid'`` (the end of flow matching: the likelihood phase is kept only
+        where it improves the validation log-likelihood) and in a ``warm_start`` refit.
     validation_fraction : float, default=0.1
         Share of the data held out for early stopping.
     shuffle : bool, default=True
@@ -608,6 +612,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         common = dict(rng=rng, generator=make_generator(probe_seed, device), log_det_offset=log_det)
         optimizer_state = self.__dict__.get("_optimizer_state") if refit else None
         if self.training != "hybrid":
+            # a warm refit with early stopping cannot end worse than the model it starts from
+            fit_cfg = replace(fit_cfg, score_initial=bool(refit))
             result = train_flow(flow, *data, fit_cfg, optimizer_state=optimizer_state, **common)
         else:
             result = self._train_hybrid(flow, data, fit_cfg, optimizer_state, common)
@@ -633,6 +639,15 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self._optimizer_state = _to_cpu(result.optimizer_state) if self.warm_start else None
         self._warn_stop(result.stop_reason, result.message)
         self._warn_solver_gap(result.final_solver_gap)
+        if result.validation_failures:
+            warnings.warn(
+                f"The evaluation solver (eval_ode_solver={self.eval_ode_solver!r}) could not "
+                f"score the validation rows {result.validation_failures} time(s); those "
+                "epochs counted as no improvement for early stopping. Loosen eval_atol/"
+                "eval_rtol or raise eval_ode_solver_params['max_num_steps'].",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
         return self
 
     def _train_hybrid(
@@ -693,13 +708,18 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         # likelihood fit through 2 rk4 steps), below what an exploited one reaches (0.4,
         # 1.3, 5, 16 in four consecutive epochs of a collapsing fit; README, performance).
         if gap > SOLVER_GAP_WARNING:
+            advice = (
+                "more training steps (a smaller ode_solver_params['step_size'])"
+                if self.ode_solver in FIXED_GRID_METHODS
+                else "tighter training tolerances (atol, rtol)"
+            )
+            if not self.early_stopping:
+                advice += " or early_stopping=True (validated through the evaluation solver)"
             warnings.warn(
                 f"The training solver credits the fitted model with {gap:.2f} nats per row "
                 "more log-likelihood than the evaluation solver finds (solver_gap): the fit "
                 "has probably learned to exploit a too coarse training solver, and "
-                "score_samples reports the lower, correct values. Use more training steps "
-                "(ode_solver_params={'step_size': ...}) or early_stopping=True (validated "
-                "through the evaluation solver).",
+                f"score_samples reports the lower, correct values. Use {advice}.",
                 ConvergenceWarning,
                 stacklevel=3,
             )

@@ -54,9 +54,11 @@ class TrainingResult:
     stop_reason: str = "max_iter"
     message: str | None = None
     optimizer_state: dict | None = None
-    #: ``solver_gap`` of the weights returned (likelihood training with a validation
-    #: solver), else NaN.
+    #: ``solver_gap`` of the weights returned (those of a completed likelihood epoch with a
+    #: validation solver), else NaN.
     final_solver_gap: float = math.nan
+    #: Validation passes that the validation solver could not finish (scored ``-inf``).
+    validation_failures: int = 0
 
 
 class TrainingFailure(Exception):
@@ -116,8 +118,11 @@ def _guarded_validation(flow: FFJORDFlow, u: Tensor, w: Tensor, config: FitConfi
     return score if math.isfinite(score) else -math.inf
 
 
-def solver_gap(flow: FFJORDFlow, u: Tensor, config: FitConfig, n_rows: int = 256) -> float:
-    """Mean log-likelihood of ``n_rows`` fixed training rows through the training solver
+def solver_gap(
+    flow: FFJORDFlow, u: Tensor, w: Tensor, config: FitConfig, n_rows: int = 256
+) -> float:
+    """Mean log-likelihood of ``n_rows`` fixed training rows of positive weight ``w`` (the
+    same every epoch, spread over the data, unweighted mean) through the training solver
     minus the same through the evaluation solver (both exact trace), in nats per row.
 
     Near zero while the training solver is accurate for the current field; a large positive
@@ -125,8 +130,11 @@ def solver_gap(flow: FFJORDFlow, u: Tensor, config: FitConfig, n_rows: int = 256
     ``score_samples``) does not confirm: the coarse solver is being exploited. NaN when
     either solver fails.
     """
-    step = max(1, u.shape[0] // n_rows)  # rows spread over the data, the same every epoch
+    u = u[w > 0]
+    step = max(1, u.shape[0] // n_rows)
     u = u[::step][:n_rows]
+    if u.shape[0] == 0:
+        return math.nan
     w = torch.ones(u.shape[0], dtype=u.dtype, device=u.device)  # a solver check: unweighted
     try:
         coarse = validation_score(flow, u, w, config.solver, config.validation_chunk)
@@ -207,10 +215,9 @@ def train_flow(
     last_good = _snapshot(flow)
     best_state = last_good
     best_score = -math.inf
+    best_gap = last_gap = math.nan  # solver_gap of the best / the last epoch's weights
     no_improve = 0
     start = time.perf_counter()
-    if use_validation and config.score_initial and config.training == "likelihood":
-        best_score = _guarded_validation(flow, u_val, w_val, config) + log_det_offset
     progress = None
     if config.verbose:
         from tqdm.auto import tqdm
@@ -218,7 +225,13 @@ def train_flow(
         progress = tqdm(total=config.max_iter, desc="FFJORD fit", unit="epoch")
 
     try:
-        for epoch in range(config.max_iter):
+        epochs = range(config.max_iter)
+        if use_validation and config.score_initial and config.training == "likelihood":
+            best_score = _guarded_validation(flow, u_val, w_val, config) + log_det_offset
+            result.validation_failures += best_score == -math.inf
+            if config.max_time is not None and time.perf_counter() - start > config.max_time:
+                result.stop_reason, epochs = "max_time", range(0)
+        for epoch in epochs:
             order = rng.permutation(n) if config.shuffle else np.arange(n)
             order_t = torch.as_tensor(order, device=u_train.device)
             loss_sum = weight_sum = 0.0
@@ -276,13 +289,15 @@ def train_flow(
                 "time": time.perf_counter() - start,
             }
             if config.training == "likelihood" and config.validation_solver is not None:
-                record["solver_gap"] = solver_gap(flow, u_train, config)
+                record["solver_gap"] = solver_gap(flow, u_train, w_train, config)
+            last_gap = record["solver_gap"]
             result.n_iter = epoch + 1
             if use_validation:
                 if config.training == "flow_matching":
                     score = -flow_matching_validation_loss(flow, u_val, w_val, config)
                 else:
                     score = _guarded_validation(flow, u_val, w_val, config) + log_det_offset
+                    result.validation_failures += score == -math.inf
                 record["valid_score"] = score
                 if score > best_score + config.tol:
                     no_improve = 0
@@ -291,6 +306,7 @@ def train_flow(
                 if score > best_score:
                     best_score = score
                     best_state = _snapshot(flow)
+                    best_gap = record["solver_gap"]
             elif config.training == "likelihood":
                 if train_loss < result.best_loss - config.tol:
                     no_improve = 0
@@ -331,7 +347,8 @@ def train_flow(
     if use_validation and best_score > -math.inf:
         flow.load_state_dict(best_state)
         result.best_validation_score = best_score
-    if config.training == "likelihood" and config.validation_solver is not None:
-        result.final_solver_gap = solver_gap(flow, u_train, config)
+        result.final_solver_gap = best_gap
+    elif result.stop_reason in ("max_iter", "max_time", "converged"):
+        result.final_solver_gap = last_gap  # the weights at the end of the last epoch
     result.optimizer_state = optimizer.state_dict()
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import warnings
 
@@ -52,7 +53,9 @@ def test_fit_returns_self_and_sets_attributes(X):
         assert model.fit(X) is model
     assert model.n_features_in_ == 3
     assert model.n_iter_ == 2 and len(model.history_) == 2
-    assert set(model.history_[0]) >= {"epoch", "train_loss", "valid_score", "nfe", "time"}
+    assert set(model.history_[0]) >= {
+        "epoch", "train_loss", "valid_score", "nfe", "solver_gap", "time"
+    }  # fmt: skip
     assert model.history_[0]["nfe"] == 8  # rk4, 2 steps of 4 evaluations
     assert model.loss_curve_ == [h["train_loss"] for h in model.history_]
     assert model.validation_scores_ is None and model.best_validation_score_ is None
@@ -231,11 +234,14 @@ def test_failed_fit_keeps_the_previous_model(fitted, X):
 
 
 def _fail_on_call(monkeypatch, n_call, exc_factory, record=None):
-    """Make FFJORDFlow.train_log_prob fail on its ``n_call``-th call."""
+    """Make FFJORDFlow.train_log_prob fail on its ``n_call``-th training call (with grad:
+    the no-grad solver_gap checks are not counted)."""
     original = FFJORDFlow.train_log_prob
     calls = {"n": 0}
 
     def patched(self, u, config, generator):
+        if not torch.is_grad_enabled():
+            return original(self, u, config, generator)
         calls["n"] += 1
         if record is not None:
             record.append({k: v.detach().clone() for k, v in self.state_dict().items()})
@@ -252,6 +258,8 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_weights(X, monkeypatch)
     calls = {"n": 0}
 
     def nan_on_fifth(self, u, config, generator):
+        if not torch.is_grad_enabled():  # a solver_gap check, not a training step
+            return original(self, u, config, generator)
         calls["n"] += 1
         states.append({k: v.detach().clone() for k, v in self.state_dict().items()})
         logp, reg, dyn = original(self, u, config, generator)
@@ -288,9 +296,8 @@ def test_keyboard_interrupt_keeps_best_model(X, monkeypatch):
     with pytest.warns(UserWarning, match="interrupted"):
         model.fit(X)
     assert model.stop_reason_ == "interrupted"
-    # 108 training rows: 3 batches and 1 solver_gap check per epoch (validation goes
-    # through the evaluation solver, not train_log_prob); call 7 is in epoch 2
-    assert model.n_iter_ == 1
+    # 108 training rows: 3 batches per epoch; training call 7 is the first batch of epoch 3
+    assert model.n_iter_ == 2
     assert model.best_validation_score_ == max(model.validation_scores_)
     assert np.isfinite(model.score_samples(X)).all()
 
@@ -545,7 +552,7 @@ def test_adjoint_backward_solver_failure_stops_cleanly(X, monkeypatch):
     assert calls["n"] == 2
 
 
-def test_defaults_hybrid_auto_width_and_four_rk4_steps(X):
+def test_defaults_hybrid_auto_width_and_eight_rk4_steps(X):
     from skffjord._dynamics import auto_hidden_layer_sizes
 
     assert auto_hidden_layer_sizes(2) == (128, 128)
@@ -664,11 +671,12 @@ def test_solver_gap_is_small_for_a_fine_solver_and_large_for_a_coarse_one(rng):
         cfg = FitConfig(
             batch_size=10, learning_rate_init=1e-3, alpha=0.0, max_iter=1, max_time=None,
             tol=0.0, n_iter_no_change=1, shuffle=False, solver=solver,
-            validation_solver=EvalConfig(atol=1e-9, rtol=1e-9),
+            validation_solver=EvalConfig(atol=1e-8, rtol=1e-8),
         )  # fmt: skip
-        return solver_gap(flow, u, cfg)
+        return solver_gap(flow, u, torch.ones(u.shape[0], dtype=u.dtype), cfg, n_rows=64)
 
-    assert abs(gap(TrainConfig(method="rk4", options={"step_size": 0.01}))) < 1e-4
+    fine = gap(TrainConfig(method="rk4", options={"step_size": 0.01}))
+    assert math.isfinite(fine) and abs(fine) < 1e-4
     assert abs(gap(TrainConfig(method="euler", options={"step_size": 1.0}))) > 0.1
 
 
@@ -683,3 +691,37 @@ def test_fit_warns_when_the_training_solver_is_exploited(X, monkeypatch, gap, wa
     messages = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
     assert any("solver_gap" in m for m in messages) == warns
     assert model.history_[-1]["solver_gap"] == gap
+
+
+def test_hybrid_discards_a_likelihood_phase_that_only_hurts(X, monkeypatch):
+    original = FFJORDFlow.train_log_prob
+    starts = []
+
+    def destructive(self, u, config, generator):  # a "likelihood" that inflates the weights
+        logp, reg, dyn = original(self, u, config, generator)
+        if not torch.is_grad_enabled():  # validation-side calls are left alone
+            return logp, reg, dyn
+        if not starts:
+            starts.append({k: v.detach().clone() for k, v in self.state_dict().items()})
+        norm = sum(p.pow(2).sum() for p in self.parameters())
+        return 0 * logp + 100 * norm, reg, dyn
+
+    monkeypatch.setattr(FFJORDFlow, "train_log_prob", destructive)
+    model = tiny(training="hybrid", max_iter=12, early_stopping=True, learning_rate_init=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X)
+    likelihood = [h["valid_score"] for h in model.history_ if h["phase"] == "likelihood"]
+    assert likelihood and max(likelihood) < model.best_validation_score_  # all were worse
+    kept = model.flow_.state_dict()
+    for k, v in starts[0].items():  # the weights at the end of flow matching
+        torch.testing.assert_close(kept[k], v.to(kept[k].dtype))
+
+
+def test_early_stopping_warns_when_the_evaluation_solver_cannot_score(X):
+    model = tiny(early_stopping=True, max_iter=30, n_iter_no_change=2)
+    model.set_params(eval_ode_solver="dopri5", eval_ode_solver_params={"max_num_steps": 1})
+    with pytest.warns(ConvergenceWarning, match="could not score the validation rows"):
+        model.fit(X)
+    assert model.validation_scores_ == [-math.inf] * 2
+    assert model.stop_reason_ == "converged"
