@@ -85,8 +85,12 @@ def plot_curves(paths, out):
     import matplotlib.pyplot as plt
 
     runs = merged(paths)
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.6), squeeze=False)
-    for ax, (args, models, _) in zip(axes[0], runs, strict=True):
+    ncols = min(3, len(runs))
+    nrows = -(-len(runs) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(runs) :]:
+        ax.set_visible(False)
+    for ax, (args, models, _) in zip(axes.flat, runs, strict=False):
         values = []
         for name, result in models.items():
             curve = [(t, v) for t, v in result.get("curve") or [] if math.isfinite(v)]
