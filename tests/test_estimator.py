@@ -304,25 +304,10 @@ def test_keyboard_interrupt_keeps_best_model(X, monkeypatch):
 
 def test_early_stopping_restores_best_validation_weights(rng):
     from skffjord._flow import TrainConfig
-    from skffjord._training import FitConfig, train_flow, validation_score
+    from skffjord._training import train_flow, validation_score
 
-    X = torch.as_tensor(rng.normal(size=(60, 2)), dtype=torch.float32)
-    gen = torch.Generator().manual_seed(0)
-    flow = FFJORDFlow(
-        2, (32, 32), "tanh", 1, 1.0, torch.zeros(2), torch.ones(2), generator=gen
-    ).float()
     solver = TrainConfig(method="rk4", options={"step_size": 0.25})
-    cfg = FitConfig(
-        batch_size=20,
-        learning_rate_init=3e-2,
-        alpha=0.0,
-        max_iter=40,
-        max_time=None,
-        tol=0.0,
-        n_iter_no_change=5,
-        shuffle=True,
-        solver=solver,
-    )
+    X, gen, flow, cfg = _train_flow_setup(rng, solver=solver)  # validates through `solver`
     w = torch.ones(60)
     result = train_flow(
         flow, X[:40], w[:40], X[40:], w[40:], cfg, rng=np.random.default_rng(0), generator=gen
