@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -80,39 +80,31 @@ def validation_score(
     """Weighted mean log-likelihood of standardised rows with the exact trace, through the
     evaluation solver (an ``EvalConfig``) or the training solver (a ``TrainConfig``)."""
     if isinstance(config, EvalConfig):
-        total = 0.0
-        for start in range(0, u.shape[0], chunk):
-            logp = flow.standardized_log_prob(u[start : start + chunk], config)
-            total += float((logp * w[start : start + chunk]).sum())
-        return total / float(w.sum())
-    exact = TrainConfig(
-        method=config.method,
-        atol=config.atol,
-        rtol=config.rtol,
-        options=config.options,
-        adjoint=False,
-        max_num_steps=config.max_num_steps,
-        trace_estimator="exact",
-    )
+
+        def log_prob(rows: Tensor) -> Tensor:
+            return flow.standardized_log_prob(rows, config)
+
+    else:
+        exact = replace(
+            config, adjoint=False, trace_estimator="exact", kinetic_energy_reg=0.0, jacobian_reg=0.0
+        )
+
+        def log_prob(rows: Tensor) -> Tensor:
+            return flow.train_log_prob(rows, exact, None)[0]
+
     total = 0.0
     for start in range(0, u.shape[0], chunk):
-        logp, _, _ = flow.train_log_prob(u[start : start + chunk], exact, None)
-        total += float((logp * w[start : start + chunk]).sum())
+        total += float((log_prob(u[start : start + chunk]) * w[start : start + chunk]).sum())
     return total / float(w.sum())
 
 
-def likelihood_validation(flow: FFJORDFlow, u: Tensor, w: Tensor, config: FitConfig) -> float:
-    """Validation log-likelihood of standardised rows (``config.validation_solver``, else
-    the training solver)."""
-    solver = config.validation_solver if config.validation_solver is not None else config.solver
-    return validation_score(flow, u, w, solver, config.validation_chunk)
-
-
 def _guarded_validation(flow: FFJORDFlow, u: Tensor, w: Tensor, config: FitConfig) -> float:
-    """``likelihood_validation``, or ``-inf`` (no improvement) when the weights cannot be
-    scored: the validation solver failed or the score is not finite."""
+    """Validation log-likelihood of standardised rows (``config.validation_solver``, else
+    the training solver), or ``-inf`` (no improvement) when the weights cannot be scored:
+    the solver failed or the score is not finite."""
+    solver = config.validation_solver if config.validation_solver is not None else config.solver
     try:
-        score = likelihood_validation(flow, u, w, config)
+        score = validation_score(flow, u, w, solver, config.validation_chunk)
     except SolverError:
         return -math.inf
     return score if math.isfinite(score) else -math.inf
