@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,17 +48,34 @@ class TrainConfig:
     hutchinson_noise: str = "rademacher"
     kinetic_energy_reg: float = 0.0
     jacobian_reg: float = 0.0
+    #: Steps over ``[0, T]`` of a fixed-grid ``method`` given no ``step_size`` in ``options``.
+    fixed_steps: int = TRAINING_FIXED_STEPS
+
+    @property
+    def refinable(self) -> bool:
+        """Whether the step count is ours to change (fixed grid, no user step size)."""
+        opts = self.options or {}
+        return (
+            self.method in FIXED_GRID_METHODS
+            and "step_size" not in opts
+            and "grid_constructor" not in opts
+        )
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How a scoring or sampling solve is done (exact trace, rows independent)."""
+    """How a scoring or sampling solve is done (exact trace, rows independent).
+
+    ``dtype`` is the precision of the solve (``None``: the flow's own). The standardisation
+    and the final sum of the log-density stay in the precision of the input rows.
+    """
 
     method: str = "dopri5"
     atol: float = 1e-6
-    rtol: float = 1e-6
+    rtol: float = 1e-5
     options: dict | None = None
     max_num_steps: int = 10000
+    dtype: torch.dtype | None = None
 
 
 def _requires_grad(z: Tensor, keep_graph: bool) -> Tensor:
@@ -234,7 +252,7 @@ class CNFBlock(nn.Module):
             options=options,
             adjoint=config.adjoint,
             max_num_steps=config.max_num_steps,
-            fixed_steps=TRAINING_FIXED_STEPS,
+            fixed_steps=config.fixed_steps,
         )
         reg = zeros
         if regularize:
@@ -403,21 +421,29 @@ class FFJORDFlow(nn.Module):
             self.log_abs_det_standardize()
         )
 
+    def _blocks_for(self, config: EvalConfig) -> nn.ModuleList:
+        """The blocks in the solve precision ``config.dtype`` (a cast copy when it differs)."""
+        if config.dtype is None or config.dtype == next(self.blocks.parameters()).dtype:
+            return self.blocks
+        return copy.deepcopy(self.blocks).to(config.dtype)
+
     def standardized_log_prob(self, u: Tensor, config: EvalConfig) -> Tensor:
         """Exact log-density of *standardised* rows ``u`` (evaluation solver), ``(batch,)``."""
-        z = u
+        blocks = self._blocks_for(config)
+        z = u.to(config.dtype or u.dtype)
         total_div = torch.zeros(u.shape[0], dtype=u.dtype, device=u.device)
-        for block in self.blocks:
+        for block in blocks:
             z, div, _ = block.forward_exact(z, config)
-            total_div = total_div + div
-        return standard_normal_log_prob(z) + total_div
+            total_div = total_div + div.to(u.dtype)
+        return standard_normal_log_prob(z.to(u.dtype)) + total_div
 
     def to_latent(self, x: Tensor, config: EvalConfig) -> Tensor:
         """Map data rows (user's units) to the base space."""
-        z = self.standardize(x)
-        for block in self.blocks:
+        u = self.standardize(x)
+        z = u.to(config.dtype or u.dtype)
+        for block in self._blocks_for(config):
             z = block.transport(z, config, inverse=False)
-        return z
+        return z.to(u.dtype)
 
     def path(self, x: Tensor, n_times: int, config: EvalConfig) -> Tensor:
         """States at ``n_times`` evenly spaced times of every block, data to latent.
@@ -425,17 +451,20 @@ class FFJORDFlow(nn.Module):
         Returns a tensor of shape ``(1 + n_blocks * (n_times - 1), batch, d)`` in the user's
         units: every state is mapped back through the standardisation.
         """
-        z = self.standardize(x)
-        states = [z]
-        for block in self.blocks:
+        u = self.standardize(x)
+        z = u.to(config.dtype or u.dtype)
+        states = [u]
+        for block in self._blocks_for(config):
             times = torch.linspace(0.0, block.integration_time, n_times).tolist()
             for t0, t1 in zip(times[:-1], times[1:], strict=True):
                 z = block.transport_between(z, t0, t1, config)
                 states.append(z)
-        return torch.stack([self.unstandardize(s) for s in states])
+        return torch.stack([self.unstandardize(s.to(u.dtype)) for s in states])
 
     def to_data(self, z: Tensor, config: EvalConfig) -> Tensor:
         """Map base-space rows to data rows (user's units) by integrating backwards."""
-        for block in reversed(self.blocks):
+        out_dtype = z.dtype
+        z = z.to(config.dtype or z.dtype)
+        for block in reversed(self._blocks_for(config)):
             z = block.transport(z, config, inverse=True)
-        return self.unstandardize(z)
+        return self.unstandardize(z.to(out_dtype))

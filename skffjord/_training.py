@@ -41,6 +41,12 @@ class FitConfig:
     #: the best (the likelihood phase of ``training='hybrid'`` cannot end worse than the
     #: flow-matching fit it starts from, as judged on the validation rows).
     score_initial: bool = False
+    #: Double the training solver's fixed steps (up to ``max_fixed_steps``) after a
+    #: likelihood epoch whose ``solver_gap`` exceeds this many nats per row: the fit has
+    #: begun to exploit the coarse solver. ``None``: never; it applies only when the step
+    #: count is ours (``TrainConfig.refinable``) and a validation solver is set.
+    refine_solver_gap: float | None = None
+    max_fixed_steps: int = 64
 
 
 @dataclass
@@ -134,6 +140,19 @@ def solver_gap(
     except SolverError:
         return math.nan
     return coarse - fine
+
+
+def _refined(config: FitConfig, gap: float) -> FitConfig:
+    """``config`` with twice the training solver's fixed steps when ``gap`` calls for it."""
+    solver = config.solver
+    if (
+        config.refine_solver_gap is None
+        or not solver.refinable
+        or not gap > config.refine_solver_gap
+        or 2 * solver.fixed_steps > config.max_fixed_steps
+    ):
+        return config
+    return replace(config, solver=replace(solver, fixed_steps=2 * solver.fixed_steps))
 
 
 def flow_matching_validation_loss(
@@ -282,6 +301,7 @@ def train_flow(
             }
             if config.training == "likelihood" and config.validation_solver is not None:
                 record["solver_gap"] = solver_gap(flow, u_train, w_train, config)
+                config = _refined(config, record["solver_gap"])
             last_gap = record["solver_gap"]
             result.n_iter = epoch + 1
             if use_validation:

@@ -213,6 +213,7 @@ def test_bad_score_input(fitted):
         ({"trace_estimator": "approx"}, "trace_estimator"),
         ({"ode_solver": "lsoda"}, "ode_solver"),
         ({"eval_ode_solver": "bosh3"}, "eval_ode_solver"),
+        ({"eval_dtype": "float16"}, "eval_dtype"),
         ({"atol": -1.0}, "atol"),
         ({"batch_size": 0}, "batch_size"),
         ({"validation_fraction": 1.0}, "validation_fraction"),
@@ -376,6 +377,8 @@ def test_zero_field_scores_gaussian_with_standardization(fitted, X):
         torch.nn.init.zeros_(block.field.layers[-1].linear.bias)
         torch.nn.init.zeros_(block.field.layers[-1].hyper_bias.weight)
     expected = scipy.stats.norm(X.mean(0), X.std(0)).logpdf(X).sum(1)
+    np.testing.assert_allclose(fitted.score_samples(X), expected, rtol=0, atol=1e-5)  # float32
+    fitted.set_params(eval_dtype="float64")
     np.testing.assert_allclose(fitted.score_samples(X), expected, rtol=0, atol=1e-10)
 
 
@@ -448,10 +451,14 @@ def test_solver_underflow_stops_with_message(X, monkeypatch):
     assert np.isfinite(model.score_samples(X)).all()
 
 
-def test_scoring_in_chunks_gives_the_same_scores(fitted, X, monkeypatch):
+@pytest.mark.parametrize("eval_dtype, atol", [("float64", 1e-12), ("float32", 1e-3)])
+def test_scoring_in_chunks_gives_the_same_scores(fitted, X, monkeypatch, eval_dtype, atol):
+    """To rounding in float64; in float32 within the solver tolerance (a step-size
+    decision may tip)."""
+    fitted.set_params(eval_dtype=eval_dtype)
     whole = fitted.score_samples(X)
     monkeypatch.setattr(FFJORDDensity, "_chunk_rows", lambda self: 7)
-    np.testing.assert_allclose(fitted.score_samples(X), whole, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(fitted.score_samples(X), whole, rtol=0, atol=atol)
 
 
 def test_integer_hidden_layer_sizes(X):
@@ -576,6 +583,22 @@ def test_trajectory_runs_from_data_to_latent(fitted, X):
         fitted.trajectory(X[:2], n_times=1)
 
 
+def test_eval_dtype_sets_the_solve_precision_not_the_standardisation(rng):
+    """Rows far from the origin: a float32 standardisation would be off by whole nats."""
+    X = rng.normal(size=(200, 2)) * [1e-3, 2.0] + [1e6, -3e5]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = tiny(max_iter=3, eval_dtype="float64", random_state=0).fit(X)
+    double = model.score_samples(X)
+    single = model.set_params(eval_dtype="float32").score_samples(X)
+    assert np.all(np.abs(single - double) < 1e-3)
+    assert np.any(single != double)  # really solved in another precision
+    # sampling and its inverse keep the user's units
+    samples = model.sample(50, random_state=0)
+    assert samples.dtype == np.float64
+    assert abs(samples[:, 0].mean() - 1e6) < 1.0
+
+
 def _train_flow_setup(rng, **fit_kwargs):
     from skffjord._flow import TrainConfig
     from skffjord._training import FitConfig
@@ -676,6 +699,26 @@ def test_fit_warns_when_the_training_solver_is_exploited(X, monkeypatch, gap, wa
     messages = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
     assert any("solver_gap" in m for m in messages) == warns
     assert model.history_[-1]["solver_gap"] == gap
+
+
+@pytest.mark.parametrize("user_steps", [False, True])
+def test_default_training_solver_refines_when_exploited(X, monkeypatch, user_steps):
+    """A gap above the threshold doubles the default RK4 steps (up to 64); steps the user
+    chose are left alone."""
+    import skffjord._training as training
+    from skffjord._estimator import REFINE_SOLVER_GAP
+
+    gaps = iter([2 * REFINE_SOLVER_GAP, 0.0] * 10)
+    monkeypatch.setattr(training, "solver_gap", lambda *args, **kwargs: next(gaps))
+    params = {"step_size": 1 / 8} if user_steps else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = tiny(max_iter=10, n_iter_no_change=100, ode_solver_params=params).fit(X)
+    nfe = [h["nfe"] for h in model.history_]
+    if user_steps:
+        assert nfe == [32] * 10
+    else:  # 8 steps of 4 evaluations, doubled after epochs 1, 3 and 5, then capped
+        assert nfe == [32, 64, 64, 128, 128, 256, 256, 256, 256, 256]
 
 
 def test_hybrid_discards_a_likelihood_phase_that_only_hurts(X, monkeypatch):
