@@ -480,7 +480,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             rtol=float(self.eval_rtol),
             options=options or None,
             max_num_steps=max_steps,
-            dtype=torch.float32 if self.eval_dtype == "float32" else torch.float64,
+            dtype=getattr(torch, self.eval_dtype),  # 'float32' or 'float64', validated
         )
 
     def __sklearn_tags__(self):  # noqa: ANN204

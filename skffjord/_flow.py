@@ -17,7 +17,13 @@ from ._divergence import (
     sample_probe,
 )
 from ._dynamics import VectorField
-from ._ode import FIXED_GRID_METHODS, TRAINING_FIXED_STEPS, integrate, integrate_rowwise
+from ._ode import (
+    FIXED_GRID_METHODS,
+    TRAINING_FIXED_STEPS,
+    integrate,
+    integrate_rowwise,
+    sets_grid,
+)
 
 __all__ = [
     "CNFBlock",
@@ -54,12 +60,7 @@ class TrainConfig:
     @property
     def refinable(self) -> bool:
         """Whether the step count is ours to change (fixed grid, no user step size)."""
-        opts = self.options or {}
-        return (
-            self.method in FIXED_GRID_METHODS
-            and "step_size" not in opts
-            and "grid_constructor" not in opts
-        )
+        return self.method in FIXED_GRID_METHODS and not sets_grid(self.options)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ __all__ = [
     "SolverError",
     "integrate",
     "integrate_rowwise",
+    "sets_grid",
 ]
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -70,11 +71,15 @@ def _solver_options(
     opts = dict(options or {})
     if method in ADAPTIVE_METHODS:
         opts.setdefault("max_num_steps", max_num_steps)
-    elif (
-        method in FIXED_GRID_METHODS and "step_size" not in opts and "grid_constructor" not in opts
-    ):
+    elif method in FIXED_GRID_METHODS and not sets_grid(opts):
         opts["step_size"] = abs(t_span) / fixed_steps
     return opts
+
+
+def sets_grid(options: dict | None) -> bool:
+    """Whether torchdiffeq ``options`` fix a fixed-grid method's steps themselves (a
+    ``step_size`` or ``grid_constructor``); otherwise ``fixed_steps`` decides."""
+    return bool(options) and ("step_size" in options or "grid_constructor" in options)
 
 
 def solver_error_from(err: AssertionError) -> SolverError:
