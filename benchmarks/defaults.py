@@ -23,6 +23,24 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def _phases(history):
+    """Epochs, optimizer steps, seconds and best validation score of each training phase."""
+    phases, previous_time = {}, 0.0
+    for h in history:
+        p = phases.setdefault(
+            h.get("phase", "likelihood"),
+            {"epochs": 0, "steps": 0, "seconds": 0.0, "best_valid": float("-inf"), "gaps": []},
+        )
+        if h.get("solver_gap") == h.get("solver_gap"):  # not NaN
+            p["gaps"].append(round(h["solver_gap"], 3))
+        p["epochs"] += 1
+        p["steps"] += h["n_steps"]
+        p["seconds"] += h["time"] - previous_time
+        p["best_valid"] = max(p["best_valid"], h["valid_score"])  # NaN without validation
+        previous_time = h["time"]
+    return phases
+
+
 def main(argv=None):
     import torch
     from maf_datasets import SHAPES, synthetic_stand_in, timed_fit_score
@@ -55,12 +73,19 @@ def main(argv=None):
             "fit_seconds": fit_seconds,
             "steps": sum(h["n_steps"] for h in model.history_),
             "score_rows_per_s": scores.size / score_seconds,
+            "phases": _phases(model.history_),
         }
         r = results[name]
         print(
             f"{args.dataset} {name}: test NLL {r['test_nll']:.3f} ± {r['test_nll_2se']:.3f} "
             f"fit {fit_seconds:.0f} s, {r['steps']} steps, "
-            f"score {r['score_rows_per_s']:.0f} rows/s",
+            f"score {r['score_rows_per_s']:.0f} rows/s; "
+            + "; ".join(
+                f"{p}: {v['epochs']} epochs, {v['steps']} steps, {v['seconds']:.0f} s, "
+                f"best valid {v['best_valid']:.3f}"
+                + (f", solver gaps {v['gaps']}" if v["gaps"] else "")
+                for p, v in r["phases"].items()
+            ),
             flush=True,
         )
     return results

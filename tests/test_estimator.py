@@ -544,7 +544,7 @@ def test_adjoint_backward_solver_failure_stops_cleanly(X, monkeypatch):
     assert calls["n"] == 2
 
 
-def test_defaults_hybrid_auto_width_and_eight_rk4_steps(X):
+def test_defaults_hybrid_auto_width_five_rk4_steps_and_rnode(X):
     from skffjord._dynamics import auto_hidden_layer_sizes
 
     assert auto_hidden_layer_sizes(2) == (128, 128)
@@ -562,7 +562,8 @@ def test_defaults_hybrid_auto_width_and_eight_rk4_steps(X):
         3,
     ]
     assert [h["phase"] for h in model.history_] == ["flow_matching"] * 3 + ["likelihood"]
-    assert model.history_[-1]["nfe"] == 32  # rk4: 8 steps of 4 evaluations
+    assert model.history_[-1]["nfe"] == 20  # rk4: 5 steps of 4 evaluations
+    assert model.kinetic_energy_reg == model.jacobian_reg == 0.01
     assert np.isfinite(model.score_samples(X)).all()
 
 
@@ -717,8 +718,8 @@ def test_default_training_solver_refines_when_exploited(X, monkeypatch, user_ste
     nfe = [h["nfe"] for h in model.history_]
     if user_steps:
         assert nfe == [32] * 10
-    else:  # 8 steps of 4 evaluations, doubled after epochs 1, 3 and 5, then capped
-        assert nfe == [32, 64, 64, 128, 128, 256, 256, 256, 256, 256]
+    else:  # 5 steps of 4 evaluations, doubled after epochs 1, 3 and 5, then capped (80 > 64)
+        assert nfe == [20, 40, 40, 80, 80, 160, 160, 160, 160, 160]
 
 
 def test_hybrid_discards_a_likelihood_phase_that_only_hurts(X, monkeypatch):
