@@ -51,7 +51,7 @@ SOLVER_GAP_WARNING = 1.0
 REFINE_SOLVER_GAP = 0.5
 
 _FIXES = (
-    "lower learning_rate_init; set kinetic_energy_reg and jacobian_reg (e.g. 0.01) for "
+    "lower learning_rate_init; raise kinetic_energy_reg and jacobian_reg (e.g. to 0.1) for "
     "smoother dynamics; use a fixed-step ode_solver such as 'rk4'; loosen atol/rtol or raise "
     "max_num_steps; check the data for extreme values or near-duplicate columns"
 )
@@ -102,7 +102,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     The log-density follows the instantaneous change of variables,
     ``log p(x) = log N(z(T); 0, I) + int_0^T tr(df/dz) dt``. By default the field is
     first fitted by flow matching (no ODE solve) and then fine-tuned by maximum likelihood
-    through a short RK4 solve with the exact trace (``training='hybrid'``);
+    through a short RK4 solve with the exact trace and RNODE's penalties
+    (``training='hybrid'``);
     :meth:`score_samples` uses the exact trace and a per-row adaptive solver, so scores
     are deterministic and, up to the solver tolerance (exactly with
     ``eval_dtype='float64'``), do not depend on which rows are scored together.
