@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def _phases(history):
             h.get("phase", "likelihood"),
             {"epochs": 0, "steps": 0, "seconds": 0.0, "best_valid": float("-inf"), "gaps": []},
         )
-        if h.get("solver_gap") == h.get("solver_gap"):  # not NaN
+        if not math.isnan(h.get("solver_gap", math.nan)):  # likelihood epochs only
             p["gaps"].append(round(h["solver_gap"], 3))
         p["epochs"] += 1
         p["steps"] += h["n_steps"]
