@@ -213,6 +213,12 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         Adam's step size.
     alpha : float, default=0.0
         L2 penalty (Adam's weight decay).
+    averaging_decay : float or None, default=None
+        Decay of an exponential moving average of the weights over the optimizer steps
+        (Polyak averaging, as in flow-matching and diffusion training), with a warm-up
+        (``min(decay, (1 + k) / (10 + k))`` after ``k`` steps). Validation, ``solver_gap``
+        and the fitted model use the averaged weights; Adam steps the raw ones. ``None``:
+        the last step's weights. Each training phase starts its own average.
     max_iter : int, default=100
         Maximum number of epochs.
     max_time : float, default=None
@@ -346,6 +352,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "alpha": [Interval(Real, 0, None, closed="left")],
+        "averaging_decay": [Interval(Real, 0, 1, closed="neither"), None],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "max_time": [Interval(Real, 0, None, closed="neither"), None],
         "tol": [Interval(Real, 0, None, closed="left")],
@@ -387,6 +394,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         batch_size: int | str = "auto",
         learning_rate_init: float = 1e-3,
         alpha: float = 0.0,
+        averaging_decay: float | None = None,
         max_iter: int = 100,
         max_time: float | None = None,
         tol: float = 1e-4,
@@ -424,6 +432,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
         self.alpha = alpha
+        self.averaging_decay = averaging_decay
         self.max_iter = max_iter
         self.max_time = max_time
         self.tol = tol
@@ -624,6 +633,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             batch_size=int(batch_size),
             learning_rate_init=float(self.learning_rate_init),
             alpha=float(self.alpha),
+            averaging_decay=None if self.averaging_decay is None else float(self.averaging_decay),
             max_iter=int(self.max_iter),
             max_time=None if self.max_time is None else float(self.max_time),
             tol=float(self.tol),

@@ -141,7 +141,10 @@ class _TrainingDynamics(nn.Module):
         with torch.enable_grad():
             z = _requires_grad(state[0], create_graph)
             vjp = None
-            if self.exact:
+            if self.exact and self.probe is not None and self.field.has_closed_form_trace:
+                # the Jacobian penalty's product, pushed forward with the closed-form trace
+                f, div, vjp = self.field.forward_with_trace_and_jvp(t, z, self.probe)
+            elif self.exact:
                 f, div = field_and_exact_trace(self.field, t, z, create_graph=create_graph)
                 if self.probe is not None:  # for the Jacobian penalty only
                     _, vjp = hutchinson_trace(f, z, self.probe, create_graph=create_graph)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -47,6 +49,10 @@ class FitConfig:
     #: count is ours (``TrainConfig.refinable``) and a validation solver is set.
     refine_solver_gap: float | None = None
     max_fixed_steps: int = 64
+    #: Decay of an exponential moving average of the weights (``None``: none). With one,
+    #: validation, ``solver_gap`` and the weights returned are the average's, not the last
+    #: optimizer step's.
+    averaging_decay: float | None = None
 
 
 @dataclass
@@ -73,6 +79,41 @@ class TrainingFailure(Exception):
 
 def _snapshot(flow: FFJORDFlow) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in flow.state_dict().items()}
+
+
+class WeightAverage:
+    """Exponential moving average of parameters, with the usual warm-up: the decay after
+    ``k`` updates is ``min(decay, (1 + k) / (10 + k))``, so the first steps' weights, far from
+    the later ones, fade quickly."""
+
+    def __init__(self, params: list[Tensor], decay: float) -> None:
+        self.params = params
+        self.decay = decay
+        self.average = [p.detach().clone() for p in params]
+        self.n_updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.n_updates += 1
+        decay = min(self.decay, (1 + self.n_updates) / (10 + self.n_updates))
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - decay)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The averaged weights in the parameters for the duration, the trained ones after."""
+        trained = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self.average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, trained)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Copy the averaged weights into the parameters for good."""
+        torch._foreach_copy_(self.params, self.average)
 
 
 def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
@@ -225,6 +266,7 @@ def train_flow(
     use_validation = u_val is not None and u_val.shape[0] > 0
     last_good = _snapshot(flow)
     best_state = last_good
+    average = WeightAverage(params, config.averaging_decay) if config.averaging_decay else None
     best_score = -math.inf
     best_gap = last_gap = math.nan  # solver_gap of the best / the last epoch's weights
     no_improve = 0
@@ -274,6 +316,8 @@ def train_flow(
                     raise TrainingFailure("the gradients became NaN or infinite")
                 last_good = _snapshot(flow)
                 optimizer.step()
+                if average is not None:
+                    average.update()
                 batch_w = float(wb.sum())
                 loss_sum += nll.item() * batch_w
                 weight_sum += batch_w
@@ -299,31 +343,33 @@ def train_flow(
                 "solver_gap": math.nan,
                 "time": time.perf_counter() - start,
             }
-            if config.training == "likelihood" and config.validation_solver is not None:
-                record["solver_gap"] = solver_gap(flow, u_train, w_train, config)
-                config = _refined(config, record["solver_gap"])
-            last_gap = record["solver_gap"]
-            result.n_iter = epoch + 1
-            if use_validation:
-                if config.training == "flow_matching":
-                    score = -flow_matching_validation_loss(flow, u_val, w_val, config)
-                else:
-                    score = _guarded_validation(flow, u_val, w_val, config) + log_det_offset
-                    result.validation_failures += score == -math.inf
-                record["valid_score"] = score
-                if score > best_score + config.tol:
-                    no_improve = 0
-                else:
-                    no_improve += 1
-                if score > best_score:
-                    best_score = score
-                    best_state = _snapshot(flow)
-                    best_gap = record["solver_gap"]
-            elif config.training == "likelihood":
-                if train_loss < result.best_loss - config.tol:
-                    no_improve = 0
-                else:
-                    no_improve += 1
+            # the weights judged (and kept as the best) are the average's, when there is one
+            with average.applied() if average is not None else nullcontext():
+                if config.training == "likelihood" and config.validation_solver is not None:
+                    record["solver_gap"] = solver_gap(flow, u_train, w_train, config)
+                    config = _refined(config, record["solver_gap"])
+                last_gap = record["solver_gap"]
+                result.n_iter = epoch + 1
+                if use_validation:
+                    if config.training == "flow_matching":
+                        score = -flow_matching_validation_loss(flow, u_val, w_val, config)
+                    else:
+                        score = _guarded_validation(flow, u_val, w_val, config) + log_det_offset
+                        result.validation_failures += score == -math.inf
+                    record["valid_score"] = score
+                    if score > best_score + config.tol:
+                        no_improve = 0
+                    else:
+                        no_improve += 1
+                    if score > best_score:
+                        best_score = score
+                        best_state = _snapshot(flow)
+                        best_gap = record["solver_gap"]
+                elif config.training == "likelihood":
+                    if train_loss < result.best_loss - config.tol:
+                        no_improve = 0
+                    else:
+                        no_improve += 1
             # (flow matching without validation runs to max_iter / max_time: its per-epoch
             # loss is a Monte Carlo estimate too noisy to compare against tol)
             result.best_loss = min(result.best_loss, train_loss)
@@ -361,6 +407,8 @@ def train_flow(
         result.best_validation_score = best_score
         result.final_solver_gap = best_gap
     elif result.stop_reason in ("max_iter", "max_time", "converged"):
+        if average is not None:
+            average.apply()
         result.final_solver_gap = last_gap  # the weights at the end of the last epoch
     result.optimizer_state = optimizer.state_dict()
     return result

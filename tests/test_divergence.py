@@ -175,3 +175,58 @@ def test_closed_form_trace_is_differentiable_and_refuses_deep_fields():
     assert not deep.has_closed_form_trace
     with pytest.raises(ValueError, match="at most two hidden layers"):
         deep.forward_with_trace(t, z.float())
+
+
+@pytest.mark.parametrize("hidden", [(), (7,), (9, 5)])
+@pytest.mark.parametrize("activation", ["softplus", "tanh"])
+def test_closed_form_jvp_matches_the_autograd_jacobian(hidden, activation):
+    """``forward_with_trace_and_jvp`` gives J v per row (time per row too), the same field
+    and trace, and the gradients of ``|J v|^2`` that double backprop of a VJP gives."""
+    d = 4
+    gen = torch.Generator().manual_seed(5)
+    field = VectorField(d, hidden, activation, generator=gen).double()
+    with torch.no_grad():
+        for layer in field.layers:
+            layer.linear.weight.uniform_(-1, 1, generator=gen)
+            layer.hyper_bias.weight.uniform_(-1, 1, generator=gen)
+    z = torch.randn(6, d, dtype=torch.float64, generator=gen).requires_grad_(True)
+    t = torch.rand(6, 1, dtype=torch.float64, generator=gen)
+    v = torch.randn(6, d, dtype=torch.float64, generator=gen)
+    f, trace, jv = field.forward_with_trace_and_jvp(t, z, v)
+    f_ref, trace_ref = field.forward_with_trace(t, z)
+    np.testing.assert_allclose(f.detach().numpy(), f_ref.detach().numpy(), rtol=1e-14)
+    np.testing.assert_allclose(trace.detach().numpy(), trace_ref.detach().numpy(), rtol=1e-14)
+    for i in range(6):
+        jac = torch.autograd.functional.jacobian(
+            lambda x, i=i: field(t[i : i + 1], x[None])[0], z[i].detach()
+        )
+        np.testing.assert_allclose(jv[i].detach().numpy(), (jac @ v[i]).numpy(), rtol=1e-11)
+    # over the basis vectors |J e_k|^2 and |e_k^T J|^2 both sum to |J|_F^2
+    eye = torch.eye(d, dtype=z.dtype)
+    f2 = field(t, z)
+    with torch.no_grad():
+        frob_jvp = sum(
+            field.forward_with_trace_and_jvp(t, z, eye[k].expand(6, d))[2].pow(2).sum()
+            for k in range(d)
+        )
+    frob_vjp = sum(
+        torch.autograd.grad(f2, z, eye[k].expand(6, d), retain_graph=True)[0].pow(2).sum()
+        for k in range(d)
+    )
+    assert float(frob_jvp) == pytest.approx(float(frob_vjp), rel=1e-10)
+    # gradients of the penalty |J v|^2 equal those through autograd's own JVP
+    params = list(field.parameters())
+    g_closed = torch.autograd.grad(jv.pow(2).sum(), params, allow_unused=True)
+    reference = sum(
+        torch.autograd.functional.jvp(
+            lambda x, i=i: field(t[i : i + 1], x[None])[0], z[i].detach(), v[i],
+            create_graph=True,
+        )[1].pow(2).sum()
+        for i in range(6)
+    )  # fmt: skip
+    g_reference = torch.autograd.grad(reference, params, allow_unused=True)
+    for a, b in zip(g_closed, g_reference, strict=True):
+        if a is None or b is None:
+            assert (a is None or not a.any()) and (b is None or not b.any())
+            continue
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-12)
