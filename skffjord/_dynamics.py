@@ -107,10 +107,13 @@ class ConcatSquashLinear(nn.Module):
     def forward_with_gate(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Return the output and the gate ``sigmoid(W_g t + b_g)`` (``None`` if ungated)."""
         t = t.to(x.dtype).reshape(-1, 1)
+        # The time terms are outer products of t (one per row, or one for all) with a
+        # column: fused multiply-adds, not matrix products with an inner size of 1.
         if self.gate is None:
-            return self.linear(x) + self.hyper_bias(t), None
-        gate = torch.sigmoid(self.gate(t))
-        return self.linear(x) * gate + self.hyper_bias(t), gate
+            shift = torch.addcmul(self.linear.bias, t, self.hyper_bias.weight.T)
+            return torch.addmm(shift, x, self.linear.weight.T), None
+        gate = torch.sigmoid(torch.addcmul(self.gate.bias, t, self.gate.weight.T))
+        return torch.addcmul(t * self.hyper_bias.weight.T, self.linear(x), gate), gate
 
 
 class VectorField(nn.Module):

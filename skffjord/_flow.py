@@ -140,26 +140,26 @@ class _TrainingDynamics(nn.Module):
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             z = _requires_grad(state[0], create_graph)
-            vjp = None
+            product = None  # J eps or eps^T J, for the Jacobian penalty
             if self.exact and self.probe is not None and self.field.has_closed_form_trace:
                 # the Jacobian penalty's product, pushed forward with the closed-form trace
-                f, div, vjp = self.field.forward_with_trace_and_jvp(t, z, self.probe)
+                f, div, product = self.field.forward_with_trace_and_jvp(t, z, self.probe)
             elif self.exact:
                 f, div = field_and_exact_trace(self.field, t, z, create_graph=create_graph)
                 if self.probe is not None:  # for the Jacobian penalty only
-                    _, vjp = hutchinson_trace(f, z, self.probe, create_graph=create_graph)
+                    _, product = hutchinson_trace(f, z, self.probe, create_graph=create_graph)
             elif self.bottleneck:
                 f, a = self.field.forward_with_bottleneck(t, z)
                 div = bottleneck_hutchinson_trace(f, a, z, self.probe, create_graph=create_graph)
             else:
                 f = self.field(t, z)
-                div, vjp = hutchinson_trace(f, z, self.probe, create_graph=create_graph)
+                div, product = hutchinson_trace(f, z, self.probe, create_graph=create_graph)
         if not create_graph:
             f, div = f.detach(), div.detach()
         out = (f, div)
         if self.regularize:
             kinetic = f.pow(2).sum(-1)
-            frobenius = vjp.pow(2).sum(-1) if vjp is not None else torch.zeros_like(kinetic)
+            frobenius = product.pow(2).sum(-1) if product is not None else torch.zeros_like(kinetic)
             out = (*out, kinetic, frobenius)
         return out
 

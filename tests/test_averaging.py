@@ -1,7 +1,5 @@
 """Exponential moving average of the weights (``averaging_decay``)."""
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -77,45 +75,49 @@ def test_fitted_weights_are_the_average_not_the_last_step(monkeypatch):
     assert not np.allclose(plain.score_samples(X[:20]), model.score_samples(X[:20]))
 
 
-def test_validation_scores_and_keeps_the_averaged_weights():
+def _train(averaging_decay, training):
     from skffjord._flow import EvalConfig, FFJORDFlow, TrainConfig
-    from skffjord._training import FitConfig, train_flow, validation_score
+    from skffjord._training import FitConfig, train_flow
 
     rng = np.random.default_rng(1)
     X = torch.as_tensor(rng.normal(size=(60, 2)) * [1.0, 0.3], dtype=torch.float32)
     w = torch.ones(60)
-    evaluation = EvalConfig(atol=1e-6, rtol=1e-6)
     gen = torch.Generator().manual_seed(0)
     flow = FFJORDFlow(
         2, (16, 16), "tanh", 1, 1.0, torch.zeros(2), torch.ones(2), generator=gen
     ).float()
     config = FitConfig(
         batch_size=20, learning_rate_init=3e-2, alpha=0.0, max_iter=6, max_time=None, tol=0.0,
-        n_iter_no_change=100, shuffle=True, validation_solver=evaluation, averaging_decay=0.8,
+        n_iter_no_change=100, shuffle=True, averaging_decay=averaging_decay, training=training,
+        validation_solver=EvalConfig(atol=1e-6, rtol=1e-6),
         solver=TrainConfig(method="rk4", options={"step_size": 0.25}),
     )  # fmt: skip
-
     result = train_flow(
         flow, X[:40], w[:40], X[40:], w[40:], config, rng=np.random.default_rng(0), generator=gen
     )
-    restored = validation_score(flow, X[40:], w[40:], evaluation, 1024)
-    assert restored == pytest.approx(result.best_validation_score, abs=1e-5)
-    assert result.best_validation_score == pytest.approx(
-        max(h["valid_score"] for h in result.history), abs=1e-12
+    return flow, result, (X[40:], w[40:], config)
+
+
+def test_flow_matching_validates_and_keeps_the_averaged_weights():
+    from skffjord._training import flow_matching_validation_loss
+
+    flow, result, (u_val, w_val, config) = _train(0.8, "flow_matching")
+    restored = -flow_matching_validation_loss(flow, u_val, w_val, config)
+    assert restored == pytest.approx(result.best_validation_score, abs=1e-6)
+    assert result.best_validation_score == max(h["valid_score"] for h in result.history)
+    # the same run without the average (same batches, same draws) validates differently
+    _, plain, _ = _train(None, "flow_matching")
+    assert not np.allclose(
+        [h["valid_score"] for h in plain.history], [h["valid_score"] for h in result.history]
     )
-    # the kept weights are not those of any optimizer step: a plain run from the same start
-    # with the same batches ends elsewhere and validates differently
-    gen = torch.Generator().manual_seed(0)
-    plain_flow = FFJORDFlow(
-        2, (16, 16), "tanh", 1, 1.0, torch.zeros(2), torch.ones(2), generator=gen
-    ).float()
-    plain = train_flow(
-        plain_flow, X[:40], w[:40], X[40:], w[40:], replace(config, averaging_decay=None),
-        rng=np.random.default_rng(0), generator=gen,
-    )  # fmt: skip
-    plain_scores = [h["valid_score"] for h in plain.history]
-    averaged_scores = [h["valid_score"] for h in result.history]
-    assert not np.allclose(plain_scores, averaged_scores)
+
+
+def test_likelihood_training_is_not_averaged():
+    flow, result, _ = _train(0.8, "likelihood")
+    plain_flow, plain, _ = _train(None, "likelihood")
+    assert [h["valid_score"] for h in result.history] == [h["valid_score"] for h in plain.history]
+    for a, b in zip(flow.parameters(), plain_flow.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_averaging_decay_is_validated():
