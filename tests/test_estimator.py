@@ -564,6 +564,7 @@ def test_defaults_hybrid_auto_width_five_rk4_steps_and_rnode(X):
     assert [h["phase"] for h in model.history_] == ["flow_matching"] * 3 + ["likelihood"]
     assert model.history_[-1]["nfe"] == 20  # rk4: 5 steps of 4 evaluations
     assert model.kinetic_energy_reg == model.jacobian_reg == 0.01
+    assert model.averaging_decay == 0.999  # flow matching's weights are averaged
     assert np.isfinite(model.score_samples(X)).all()
 
 
