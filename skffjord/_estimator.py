@@ -48,8 +48,8 @@ SOLVER_GAP_WARNING = 1.0
 #: ``solver_gap`` (nats per row) after a likelihood epoch above which the default fixed-step
 #: training solver doubles its steps (sound 10-minute fits measured 0.002 to 0.14 with 8 steps
 #: and 0.008 to 0.27 with 5 steps and RNODE, up to 0.41 after today's averaged flow
-#: matching, where a GAS-shaped fit reached 0.51 and refined to 10 steps; a 4-step fit without RNODE on the GAS-shaped stand-in sat near 0.3 and peaked
-#: in validation at 0.7).
+#: matching, where a GAS-shaped fit reached 0.51 and refined to 10 steps; a 4-step fit
+#: without RNODE on the GAS-shaped stand-in sat near 0.3 and peaked in validation at 0.7).
 REFINE_SOLVER_GAP = 0.5
 
 _FIXES = (
