@@ -128,17 +128,23 @@ def test_rademacher_probe_values_and_moments():
         )
 
 
-@pytest.mark.parametrize("hidden", [(), (7,), (9, 5), (3, 12)])
-@pytest.mark.parametrize("activation", ["softplus", "tanh", "elu", "swish"])
-def test_closed_form_trace_matches_autograd(hidden, activation):
-    """The closed-form trace equals the trace of the autograd Jacobian, per-row times too."""
-    d = 4
-    gen = torch.Generator().manual_seed(11)
+def _fully_random_field(d, hidden, activation, seed):
+    """A float64 field with every weight and time shift random."""
+    gen = torch.Generator().manual_seed(seed)
     field = VectorField(d, hidden, activation, generator=gen).double()
     with torch.no_grad():
         for layer in field.layers:
             layer.linear.weight.uniform_(-1, 1, generator=gen)
             layer.hyper_bias.weight.uniform_(-1, 1, generator=gen)
+    return field, gen
+
+
+@pytest.mark.parametrize("hidden", [(), (7,), (9, 5), (3, 12)])
+@pytest.mark.parametrize("activation", ["softplus", "tanh", "elu", "swish"])
+def test_closed_form_trace_matches_autograd(hidden, activation):
+    """The closed-form trace equals the trace of the autograd Jacobian, per-row times too."""
+    d = 4
+    field, gen = _fully_random_field(d, hidden, activation, seed=11)
     z = torch.randn(6, d, dtype=torch.float64, generator=gen) * 2
     t = torch.rand(6, 1, dtype=torch.float64, generator=gen)
     f, trace = field.forward_with_trace(t, z)
@@ -183,12 +189,7 @@ def test_closed_form_jvp_matches_the_autograd_jacobian(hidden, activation):
     """``forward_with_trace_and_jvp`` gives J v per row (time per row too), the same field
     and trace, and the gradients of ``|J v|^2`` that double backprop of a VJP gives."""
     d = 4
-    gen = torch.Generator().manual_seed(5)
-    field = VectorField(d, hidden, activation, generator=gen).double()
-    with torch.no_grad():
-        for layer in field.layers:
-            layer.linear.weight.uniform_(-1, 1, generator=gen)
-            layer.hyper_bias.weight.uniform_(-1, 1, generator=gen)
+    field, gen = _fully_random_field(d, hidden, activation, seed=5)
     z = torch.randn(6, d, dtype=torch.float64, generator=gen).requires_grad_(True)
     t = torch.rand(6, 1, dtype=torch.float64, generator=gen)
     v = torch.randn(6, d, dtype=torch.float64, generator=gen)
