@@ -411,9 +411,12 @@ def train_flow(
         flow.load_state_dict(best_state)
         result.best_validation_score = best_score
         result.final_solver_gap = best_gap
-    elif result.stop_reason in ("max_iter", "max_time", "converged"):
-        if average is not None:
+    elif result.stop_reason in ("max_iter", "max_time", "converged", "interrupted"):
+        # without validation the fit ends on the average, also when interrupted (Ctrl-C
+        # keeps the model that a finished fit would have returned so far)
+        if average is not None and all(torch.isfinite(a).all() for a in average.average):
             average.apply()
-        result.final_solver_gap = last_gap  # the weights at the end of the last epoch
+        if result.stop_reason != "interrupted":
+            result.final_solver_gap = last_gap  # the weights at the end of the last epoch
     result.optimizer_state = optimizer.state_dict()
     return result

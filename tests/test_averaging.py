@@ -75,6 +75,39 @@ def test_fitted_weights_are_the_average_not_the_last_step(monkeypatch):
     assert not np.allclose(plain.score_samples(X[:20]), model.score_samples(X[:20]))
 
 
+def test_interrupted_fit_without_validation_keeps_the_average(monkeypatch):
+    import skffjord._training as training
+
+    X = np.random.default_rng(0).normal(size=(200, 2))
+    captured = {}
+    calls = {"n": 0}
+    loss = training.flow_matching_loss
+    update = training.WeightAverage.update
+
+    def interrupting_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return loss(*args, **kwargs)
+
+    def spy(self):
+        update(self)
+        captured["average"] = [a.clone() for a in self.average]
+        captured["last"] = [p.detach().clone() for p in self.params]
+
+    monkeypatch.setattr(training, "flow_matching_loss", interrupting_loss)
+    monkeypatch.setattr(training.WeightAverage, "update", spy)
+    model = _fit(X, averaging_decay=0.9)
+    assert model.stop_reason_ == "interrupted"
+    fitted = [p.detach() for p in model.flow_.parameters() if p.requires_grad]
+    assert all(
+        torch.allclose(f, a.double()) for f, a in zip(fitted, captured["average"], strict=True)
+    )
+    assert any(
+        not torch.allclose(f, q.double()) for f, q in zip(fitted, captured["last"], strict=True)
+    )
+
+
 def _train(averaging_decay, training):
     from skffjord._flow import EvalConfig, FFJORDFlow, TrainConfig
     from skffjord._training import FitConfig, train_flow
