@@ -81,6 +81,43 @@ def _snapshot(flow: FFJORDFlow) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in flow.state_dict().items()}
 
 
+class _Checkpoint:
+    """A copy of the trainable parameters, refreshed in place with one fused copy (it is
+    taken before every optimizer step, where a state-dict snapshot's per-tensor clones cost
+    several times more)."""
+
+    def __init__(self, params: list[Tensor]) -> None:
+        self.params = params
+        self.saved = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def save(self) -> None:
+        torch._foreach_copy_(self.saved, [p.detach() for p in self.params])
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        torch._foreach_copy_(self.params, self.saved)
+
+
+def _all_finite(tensors: list[Tensor]) -> bool:
+    """Whether every element is finite, in a few fused operations: ``x * 0`` is 0 for a
+    finite ``x`` and NaN for an infinite or NaN one."""
+    if not tensors:
+        return True
+    zeros = torch._foreach_mul(tensors, 0.0)
+    return bool(torch.stack(torch._foreach_norm(zeros)).isfinite().all())
+
+
+def _adam(params: list[Tensor], lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam, fused into one kernel per tensor where this PyTorch and device support it
+    (about a third of the per-step cost of the per-tensor loop for these small networks,
+    which matters to flow matching's short steps); the usual implementation otherwise."""
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
 class WeightAverage:
     """Exponential moving average of parameters, with the usual warm-up: the decay after
     ``k`` updates is ``min(decay, (1 + k) / (10 + k))``, so the first steps' weights, far from
@@ -254,7 +291,7 @@ def train_flow(
         ``'interrupted'``, ``'diverged'`` or ``'solver_failed'``.
     """
     params = [p for p in flow.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.learning_rate_init, weight_decay=config.alpha)
+    optimizer = _adam(params, config.learning_rate_init, config.alpha)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
         for group in optimizer.param_groups:  # the current settings win over the saved ones
@@ -264,8 +301,8 @@ def train_flow(
     n = u_train.shape[0]
     batch_size = min(config.batch_size, n)
     use_validation = u_val is not None and u_val.shape[0] > 0
-    last_good = _snapshot(flow)
-    best_state = last_good
+    last_good = _Checkpoint(params)
+    best_state = _snapshot(flow)
     # Flow matching only: its loss is a noisy regression whose raw weights jitter about the
     # optimum, while the likelihood phase is still making steady progress, which an average
     # lags behind (README, performance: 1 nat lost at 10 minutes, MINIBOONE-shaped).
@@ -317,9 +354,9 @@ def train_flow(
                     raise solver_error_from(err) from err
                 # the adjoint re-evaluates the field backwards; backprop does not.
                 nfe_back = sum(d.nfe for d in dynamics) - nfe_forward
-                if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
+                if not _all_finite([p.grad for p in params if p.grad is not None]):
                     raise TrainingFailure("the gradients became NaN or infinite")
-                last_good = _snapshot(flow)
+                last_good.save()
                 optimizer.step()
                 if average is not None:
                     average.update()
@@ -332,9 +369,9 @@ def train_flow(
                 if config.max_time is not None and time.perf_counter() - start > config.max_time:
                     time_up = True
                     break
-            if not all(torch.isfinite(p).all() for p in params):
+            if not _all_finite(params):
                 raise TrainingFailure("the weights became NaN or infinite")
-            last_good = _snapshot(flow)
+            last_good.save()
             train_loss = loss_sum / max(weight_sum, 1e-300)
             if config.training == "likelihood":
                 train_loss -= log_det_offset  # a negative log-likelihood in the user's units
@@ -397,12 +434,12 @@ def train_flow(
         result.stop_reason = "diverged" if isinstance(err, TrainingFailure) else "solver_failed"
         result.message = str(err)
         if not (use_validation and best_score > -math.inf):
-            flow.load_state_dict(last_good)
+            last_good.restore()
     except KeyboardInterrupt:
         result.stop_reason = "interrupted"
         result.message = "training was interrupted by the user (KeyboardInterrupt)"
-        if not all(torch.isfinite(p).all() for p in params):
-            flow.load_state_dict(last_good)
+        if not _all_finite(params):
+            last_good.restore()
     finally:
         if progress is not None:
             progress.close()

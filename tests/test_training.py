@@ -1,0 +1,101 @@
+"""The training loop's per-step machinery: finiteness checks, the last-good checkpoint, and
+the optimizer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from skffjord import FFJORDDensity
+from skffjord import _training as training
+from skffjord._training import _adam, _all_finite, _Checkpoint
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_all_finite_finds_one_bad_element_in_any_tensor(bad):
+    tensors = [torch.ones(3, 4), torch.zeros(5), torch.full((2,), 3e38)]  # 3e38: near float32 max
+    assert _all_finite(tensors)
+    for i in range(len(tensors)):
+        spoiled = [t.clone() for t in tensors]
+        spoiled[i].view(-1)[-1] = bad
+        assert not _all_finite(spoiled)
+    assert _all_finite([])
+
+
+def test_checkpoint_restores_the_values_saved_last():
+    params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
+    checkpoint = _Checkpoint(params)
+    with torch.no_grad():
+        params[0].add_(1.0)
+    checkpoint.save()
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.mul_(-7.0)
+    checkpoint.restore()
+    for p, s in zip(params, saved, strict=True):
+        torch.testing.assert_close(p.detach(), s, rtol=0, atol=0)
+
+
+def test_fused_adam_takes_the_same_steps_as_the_plain_one():
+    torch.manual_seed(0)
+    start = [torch.randn(8, 3), torch.randn(5)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(5)]
+    results = []
+    for make in (_adam, lambda ps, lr, wd: torch.optim.Adam(ps, lr=lr, weight_decay=wd)):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        optimizer = make(params, 1e-2, 1e-3)
+        for step in grads:
+            for p, g in zip(params, step, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+        results.append([p.detach() for p in params])
+    for fused, plain in zip(*results, strict=True):
+        torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(results[0][0], start[0])
+
+
+class _InfiniteGradient(torch.autograd.Function):
+    """Identity forward; an infinite gradient backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("inf"))
+
+
+def test_an_infinite_gradient_stops_the_fit_and_keeps_the_last_good_weights(monkeypatch):
+    X = np.random.default_rng(0).normal(size=(120, 2))
+    original = training.flow_matching_loss
+    calls, seen = {"n": 0}, []
+
+    def loss_with_infinite_gradient_on_call_4(flow, u, w, generator):
+        calls["n"] += 1
+        seen.append([p.detach().clone() for p in flow.parameters()])
+        loss = original(flow, u, w, generator)
+        return _InfiniteGradient.apply(loss) if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(training, "flow_matching_loss", loss_with_infinite_gradient_on_call_4)
+    model = FFJORDDensity(
+        hidden_layer_sizes=(8,),
+        training="flow_matching",
+        averaging_decay=None,
+        batch_size=40,
+        max_iter=5,
+        random_state=0,
+    )
+    with pytest.warns(ConvergenceWarning, match="gradients became NaN or infinite"):
+        model.fit(X)
+    assert model.stop_reason_ == "diverged"
+    assert model.n_iter_ == 1  # 3 batches per epoch: call 4 is in the second
+    # the weights kept are those the 4th loss was computed with (finite, and saved at the
+    # end of the first epoch), not the 3rd step's starting point
+    for kept, before in zip(model.flow_.parameters(), seen[3], strict=True):
+        torch.testing.assert_close(kept.detach(), before.to(kept.dtype), rtol=0, atol=0)
+    assert any(not torch.equal(a, b) for a, b in zip(seen[2], seen[3], strict=True))
+    assert np.isfinite(model.score_samples(X)).all()
