@@ -56,7 +56,7 @@ def flow_matching_residuals(
     s = torch.rand((n, 1), generator=generator, dtype=u.dtype, device=u.device)
     z = (1 - s) * u + s * noise
     n_blocks = len(flow.blocks)
-    if n_blocks == 1:  # the default: no masks, which cost a fifth of a small field's step
+    if n_blocks == 1:  # the default: no masks (their indexing was ~6% of a d=6 step, profiled)
         length = flow.blocks[0].integration_time
         prediction = flow.blocks[0].field(s * length, z)
         return (prediction - (noise - u) / length).pow(2).sum(dim=1)
