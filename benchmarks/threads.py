@@ -24,13 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 DATASETS = ("power", "gas", "hepmass", "miniboone", "bsds300")
 
 
-def _ms_per_step(model, train) -> float:
-    """Median milliseconds per optimizer step over the epochs after the first (warm-up)."""
+def _fit(model, train):
     from sklearn.exceptions import ConvergenceWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(train)
+        return model.fit(train)
+
+
+def _ms_per_step(model, train) -> float:
+    """Median milliseconds per optimizer step over the epochs after the first (warm-up)."""
+    _fit(model, train)
     ends = [0.0] + [h["time"] for h in model.history_]
     per_step = [
         (ends[i + 1] - ends[i]) / h["n_steps"] for i, h in enumerate(model.history_) if i > 0
@@ -76,10 +80,7 @@ def main(argv=None) -> None:
                 FFJORDDensity(training="likelihood", max_iter=3, random_state=0), train
             )
         torch.set_num_threads(max(counts))
-        model = FFJORDDensity(max_iter=20, random_state=0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.fit(train)
+        model = _fit(FFJORDDensity(max_iter=20, random_state=0), train)
         for n in counts:
             torch.set_num_threads(n)
             rate[n] = _rows_per_s(model, test)

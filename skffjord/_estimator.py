@@ -47,8 +47,8 @@ _FITTED = (
 SOLVER_GAP_WARNING = 1.0
 #: ``solver_gap`` (nats per row) after a likelihood epoch above which the default fixed-step
 #: training solver doubles its steps (sound 10-minute fits measured 0.002 to 0.14 with 8 steps
-#: and 0.008 to 0.27 with 5 steps and RNODE, up to 0.41 after today's averaged flow
-#: matching, where a GAS-shaped fit reached 0.51 and refined to 10 steps; a 4-step fit
+#: and 0.008 to 0.27 with 5 steps and RNODE, up to 0.42 after averaged flow matching, where
+#: GAS- and BSDS300-shaped fits reached 0.52 and 0.51 and refined to 10 steps; a 4-step fit
 #: without RNODE on the GAS-shaped stand-in sat near 0.3 and peaked in validation at 0.7).
 REFINE_SOLVER_GAP = 0.5
 
@@ -754,7 +754,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         return second
 
     def _warn_solver_gap(self, gap: float) -> None:
-        # 1 nat per row: far above a sound training solver's error (at most 0.51 throughout
+        # 1 nat per row: far above a sound training solver's error (at most 0.52 throughout
         # the 10-minute benchmark fits with 5 or 8 rk4 steps, d = 6 to 63), below what an
         # exploited one reaches (0.4, 1.3, 5, 16 in four consecutive epochs of a collapsing
         # 2-step fit; README, performance).

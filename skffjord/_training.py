@@ -138,14 +138,12 @@ class WeightAverage:
     @contextmanager
     def applied(self) -> Iterator[None]:
         """The averaged weights in the parameters for the duration, the trained ones after."""
-        trained = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            torch._foreach_copy_(self.params, self.average)
+        trained = _Checkpoint(self.params)
+        self.apply()
         try:
             yield
         finally:
-            with torch.no_grad():
-                torch._foreach_copy_(self.params, trained)
+            trained.restore()
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -451,7 +449,7 @@ def train_flow(
     elif result.stop_reason in ("max_iter", "max_time", "converged", "interrupted"):
         # without validation the fit ends on the average, also when interrupted (Ctrl-C
         # keeps the model that a finished fit would have returned so far)
-        if average is not None and all(torch.isfinite(a).all() for a in average.average):
+        if average is not None and _all_finite(average.average):
             average.apply()
         if result.stop_reason != "interrupted":
             result.final_solver_gap = last_gap  # the weights at the end of the last epoch
