@@ -269,8 +269,13 @@ class CNFBlock(nn.Module):
         def field_only(t: Tensor, z: Tensor) -> Tensor:
             return self.field(t, z)
 
+        workspace: dict[str, Tensor] = {}  # this solve's buffers (fast scoring path)
+
         def field_and_trace(t: Tensor, y: Tensor) -> Tensor:
-            f, div = _scoring_field_and_trace(self.field, t, y[:, :-1])
+            if getattr(self.field, "has_fast_scoring_path", False):
+                f, div = self.field.forward_with_trace_into(t, y[:, :-1].detach(), workspace)
+            else:
+                f, div = _scoring_field_and_trace(self.field, t, y[:, :-1])
             return torch.cat([f, div.unsqueeze(1)], dim=1)
 
         return field_and_trace if with_trace else field_only

@@ -231,3 +231,44 @@ def test_closed_form_jvp_matches_the_autograd_jacobian(hidden, activation):
             assert (a is None or not a.any()) and (b is None or not b.any())
             continue
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["softplus", "tanh"])
+def test_workspace_scoring_path_matches_and_reuses_its_buffers(activation):
+    """``forward_with_trace_into`` gives ``forward_with_trace``'s field and trace (per-row
+    times, large pre-activations past softplus's threshold), reuses its buffers while the
+    row count shrinks, and reallocates when it grows."""
+    d = 5
+    field, gen = _fully_random_field(d, (9, 6), activation, seed=3)
+    z = torch.randn(40, d, dtype=torch.float64, generator=gen) * 8
+    t = torch.rand(40, 1, dtype=torch.float64, generator=gen)
+    workspace: dict = {}
+    pointers = None
+    for n in (40, 33, 7, 1):
+        f, trace = field.forward_with_trace_into(t[:n], z[:n], workspace)
+        f_ref, trace_ref = field.forward_with_trace(t[:n], z[:n])
+        np.testing.assert_allclose(f.numpy(), f_ref.detach().numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            trace.numpy(), trace_ref.detach().numpy(), rtol=1e-12, atol=1e-12
+        )
+        now = {k: v.data_ptr() for k, v in workspace.items()}
+        assert pointers is None or now == pointers
+        pointers = now
+    # one time for all rows (a scalar) is broadcast, not a one-row result
+    f, trace = field.forward_with_trace_into(torch.tensor(0.4, dtype=z.dtype), z[:3], workspace)
+    f_ref, trace_ref = field.forward_with_trace(torch.tensor(0.4, dtype=z.dtype), z[:3])
+    assert f.shape == (3, d) and trace.shape == (3,)
+    np.testing.assert_allclose(trace.numpy(), trace_ref.detach().numpy(), rtol=1e-12)
+    field.forward_with_trace_into(torch.cat([t, t]), torch.cat([z, z]), workspace)
+    assert workspace["act0"].shape[0] == 80
+
+
+def test_workspace_scoring_path_refuses_other_fields():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 3)
+    others = [((8, 8), "elu"), ((8, 8), "swish"), ((8,), "tanh"), ((8,) * 3, "tanh")]
+    for hidden, activation in others:
+        field = VectorField(3, hidden, activation, generator=gen)
+        assert not field.has_fast_scoring_path
+        with pytest.raises(ValueError, match="two hidden layers, softplus or tanh"):
+            field.forward_with_trace_into(torch.tensor(0.0), z, {})

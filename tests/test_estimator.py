@@ -461,6 +461,25 @@ def test_scoring_in_chunks_gives_the_same_scores(fitted, X, monkeypatch, eval_dt
     np.testing.assert_allclose(fitted.score_samples(X), whole, rtol=0, atol=atol)
 
 
+def test_scoring_workspace_path_gives_the_allocating_paths_scores(X, monkeypatch):
+    """In float64 to rounding: the buffers of ``forward_with_trace_into`` change nothing."""
+    from skffjord._dynamics import VectorField
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fitted = tiny(hidden_layer_sizes=(8, 8), max_iter=3, eval_dtype="float64").fit(X)
+    assert fitted.flow_.blocks[0].field.has_fast_scoring_path
+    calls = []
+    fast = VectorField.forward_with_trace_into
+    monkeypatch.setattr(
+        VectorField, "forward_with_trace_into", lambda *a: calls.append(1) or fast(*a)
+    )
+    scores = fitted.score_samples(X)
+    assert calls
+    monkeypatch.setattr(VectorField, "has_fast_scoring_path", property(lambda self: False))
+    np.testing.assert_allclose(fitted.score_samples(X), scores, rtol=0, atol=1e-10)
+
+
 def test_integer_hidden_layer_sizes(X):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
