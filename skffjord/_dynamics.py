@@ -244,7 +244,8 @@ class VectorField(nn.Module):
         faults and up to 0.62 s with 150,000 of them, from one process to the next
         (README, performance). Here the buffers are allocated at the first call, at its
         number of rows, and reused: later calls may have fewer rows (a per-row solver
-        drops finished rows), never more. Make one ``workspace`` (an empty dict) per solve.
+        drops finished rows), never more. The trace's weight kernel is computed once too, so
+        make one ``workspace`` (an empty dict) per solve, with the weights fixed.
 
         Only for two hidden layers with the softplus or tanh activation
         (:attr:`has_fast_scoring_path`); results equal :meth:`forward_with_trace`'s up to
@@ -259,15 +260,22 @@ class VectorField(nn.Module):
                 for name in ("pre", "gate", "act"):
                     workspace[f"{name}{i}"] = z.new_empty(n, layer.linear.out_features)
             workspace["product"] = z.new_empty(n, self.layers[0].linear.out_features)
-        t = t.to(z.dtype).reshape(-1, 1).expand(n, 1)
+            with torch.no_grad():
+                workspace["kernel"] = self._trace_kernel()  # the weights are fixed in a solve
+        t = t.to(z.dtype).reshape(-1, 1)
         h, slopes = z, []
         with torch.no_grad():
             for i, layer in enumerate(self.layers[:2]):
                 pre = torch.addmm(
                     layer.linear.bias, h, layer.linear.weight.T, out=workspace[f"pre{i}"][:n]
                 )
+                # one time for all rows (fixed-grid solvers) gives a (1, width) gate to
+                # broadcast; a time per row (the per-row solver) fills the buffer
                 gate = torch.addcmul(
-                    layer.gate.bias, t, layer.gate.weight.T, out=workspace[f"gate{i}"][:n]
+                    layer.gate.bias,
+                    t,
+                    layer.gate.weight.T,
+                    out=workspace[f"gate{i}"][:n] if t.shape[0] == n else None,
                 ).sigmoid_()
                 pre.mul_(gate).addcmul_(t, layer.hyper_bias.weight.T)
                 act = workspace[f"act{i}"][:n]
@@ -284,11 +292,15 @@ class VectorField(nn.Module):
             last = self.layers[2]
             shift = torch.addcmul(last.linear.bias, t, last.hyper_bias.weight.T)
             f = torch.addmm(shift, h, last.linear.weight.T)
-            w1, w2, w3 = (layer.linear.weight for layer in self.layers)
-            kernel = w2 * (w1 @ w3).T
-            product = torch.mm(slopes[1], kernel, out=workspace["product"][:n])
+            product = torch.mm(slopes[1], workspace["kernel"], out=workspace["product"][:n])
             trace = product.mul_(slopes[0]).sum(-1)
         return f, trace
+
+    def _trace_kernel(self) -> Tensor:
+        """``W_2 * (W_1 W_3)^T``, shape ``(h_2, h_1)``: the rows' shared part of the
+        closed-form trace with two hidden layers."""
+        w1, w2, w3 = (layer.linear.weight for layer in self.layers)
+        return w2 * (w1 @ w3).T
 
     @property
     def has_fast_scoring_path(self) -> bool:
@@ -323,7 +335,5 @@ class VectorField(nn.Module):
             diag = (weights[0] * weights[1].T).sum(-1)  # diag(W_1 W_2)
             trace = slopes[0] @ diag
         else:
-            w1, w2, w3 = weights
-            kernel = w2 * (w1 @ w3).T  # (h_2, h_1)
-            trace = ((slopes[1] @ kernel) * slopes[0]).sum(-1)
+            trace = ((slopes[1] @ self._trace_kernel()) * slopes[0]).sum(-1)
         return h, trace, v

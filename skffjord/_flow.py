@@ -100,8 +100,16 @@ def field_and_exact_trace(
     return f, exact_trace(f, z, create_graph=create_graph)
 
 
-def _scoring_field_and_trace(field: VectorField, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
-    """``f`` and its exact trace without any graph kept (scoring)."""
+def _scoring_field_and_trace(
+    field: VectorField, t: Tensor, z: Tensor, workspace: dict[str, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
+    """``f`` and its exact trace without any graph kept (scoring).
+
+    With a ``workspace`` (one dict per solve) and a field that allows it, the hidden
+    activations go into reused buffers (:meth:`VectorField.forward_with_trace_into`).
+    """
+    if workspace is not None and getattr(field, "has_fast_scoring_path", False):
+        return field.forward_with_trace_into(t, z, workspace)
     if getattr(field, "has_closed_form_trace", False):
         with torch.no_grad():
             return field.forward_with_trace(t, z.detach())
@@ -171,10 +179,11 @@ class _ExactDynamics(nn.Module):
         super().__init__()
         self.field = field
         self.nfe = 0
+        self.workspace: dict[str, Tensor] = {}  # this solve's buffers
 
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         self.nfe += 1
-        return _scoring_field_and_trace(self.field, t, state[0])
+        return _scoring_field_and_trace(self.field, t, state[0], self.workspace)
 
 
 def _error_norm(state: tuple[Tensor, ...]) -> Tensor:
@@ -269,13 +278,10 @@ class CNFBlock(nn.Module):
         def field_only(t: Tensor, z: Tensor) -> Tensor:
             return self.field(t, z)
 
-        workspace: dict[str, Tensor] = {}  # this solve's buffers (fast scoring path)
+        workspace: dict[str, Tensor] = {}  # this solve's buffers
 
         def field_and_trace(t: Tensor, y: Tensor) -> Tensor:
-            if getattr(self.field, "has_fast_scoring_path", False):
-                f, div = self.field.forward_with_trace_into(t, y[:, :-1].detach(), workspace)
-            else:
-                f, div = _scoring_field_and_trace(self.field, t, y[:, :-1])
+            f, div = _scoring_field_and_trace(self.field, t, y[:, :-1], workspace)
             return torch.cat([f, div.unsqueeze(1)], dim=1)
 
         return field_and_trace if with_trace else field_only

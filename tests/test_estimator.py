@@ -461,13 +461,20 @@ def test_scoring_in_chunks_gives_the_same_scores(fitted, X, monkeypatch, eval_dt
     np.testing.assert_allclose(fitted.score_samples(X), whole, rtol=0, atol=atol)
 
 
-def test_scoring_workspace_path_gives_the_allocating_paths_scores(X, monkeypatch):
-    """In float64 to rounding: the buffers of ``forward_with_trace_into`` change nothing."""
+@pytest.mark.parametrize("eval_ode_solver", ["dopri5", "rk4"])
+def test_scoring_workspace_path_gives_the_allocating_paths_scores(X, monkeypatch, eval_ode_solver):
+    """In float64 to rounding: the buffers of ``forward_with_trace_into`` change nothing,
+    with the per-row solver (a time per row) and a fixed grid (one time for all rows)."""
     from skffjord._dynamics import VectorField
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        fitted = tiny(hidden_layer_sizes=(8, 8), max_iter=3, eval_dtype="float64").fit(X)
+        fitted = tiny(
+            hidden_layer_sizes=(8, 8),
+            max_iter=3,
+            eval_dtype="float64",
+            eval_ode_solver=eval_ode_solver,
+        ).fit(X)
     assert fitted.flow_.blocks[0].field.has_fast_scoring_path
     calls = []
     fast = VectorField.forward_with_trace_into
