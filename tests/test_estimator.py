@@ -588,7 +588,7 @@ def test_defaults_hybrid_auto_width_five_rk4_steps_and_rnode(X):
         3,
     ]
     assert [h["phase"] for h in model.history_] == ["flow_matching"] * 3 + ["likelihood"]
-    assert model.history_[-1]["nfe"] == 20  # rk4: 5 steps of 4 evaluations
+    assert model.history_[-1]["nfe"] == 16  # rk4: 4 steps of 4 evaluations
     assert model.kinetic_energy_reg == model.jacobian_reg == 0.01
     assert model.averaging_decay == 0.999  # flow matching's weights are averaged
     assert np.isfinite(model.score_samples(X)).all()
@@ -745,8 +745,8 @@ def test_default_training_solver_refines_when_exploited(X, monkeypatch, user_ste
     nfe = [h["nfe"] for h in model.history_]
     if user_steps:
         assert nfe == [32] * 10
-    else:  # 5 steps of 4 evaluations, doubled after epochs 1, 3 and 5, then capped (80 > 64)
-        assert nfe == [20, 40, 40, 80, 80, 160, 160, 160, 160, 160]
+    else:  # 4 steps of 4 evaluations, doubled after epochs 1, 3, 5 and 7, then capped at 64
+        assert nfe == [16, 32, 32, 64, 64, 128, 128, 256, 256, 256]
 
 
 def test_hybrid_discards_a_likelihood_phase_that_only_hurts(X, monkeypatch):
