@@ -48,9 +48,10 @@ SOLVER_GAP_WARNING = 1.0
 #: ``solver_gap`` (nats per row) after a likelihood epoch above which the default fixed-step
 #: training solver doubles its steps. Sound 10-minute fits measured 0.002 to 0.14 with 8 steps
 #: and 0.008 to 0.27 with 5 steps and RNODE (up to 0.52 after averaged flow matching). With
-#: 4 steps and RNODE the 43- and 63-d stand-ins start near 0.5 to 0.6 (the flow-matching
-#: field's discretisation error, before any likelihood step) and rise to about 1 by 600 s
-#: with no loss in test NLL; at 0.5 they refined to 8 steps at once (README, performance).
+#: 4 steps and RNODE the stand-ins with d >= 8 start at 0.3 to 0.6 and the real BSDS300
+#: patches at 0.95 (the flow-matching field's discretisation error, before any likelihood
+#: step), rising to about 1 by 600 s with no loss in test NLL; at 0.5 the 43-d stand-in
+#: refined to 8 steps at once (README, performance).
 #: A 4-step fit without RNODE on the GAS-shaped stand-in broke down above 1.
 REFINE_SOLVER_GAP = 1.0
 

@@ -28,10 +28,10 @@ DEFAULT_FIXED_STEPS = 10
 #: 4 on a 10-minute run (GAS-shaped stand-in: 82.6 nats; with validation through the
 #: evaluation solver -3.24, stopped once exploited), 8 reached -4.13 (README, performance).
 #: With RNODE's penalties on (FFJORDDensity's defaults), 5 steps kept the gap small and
-#: matched 8 steps at equal time, and 4 steps (16 evaluations per solve) matched 5 at
-#: 10 minutes on the five stand-ins, its gap rising to about 1 nat per row on the 43- and
-#: 63-d ones by the end. FFJORDDensity doubles it during a fit when the ``solver_gap``
-#: shows exploitation (README, performance).
+#: matched 8 steps at equal time, and 4 steps (16 evaluations per solve) matched 5 in test
+#: NLL at 10 minutes on the five stand-ins and the real BSDS300 patches, its gap rising to
+#: about 1 nat per row by the end on all but the 6-d one. FFJORDDensity doubles it during a
+#: fit when the ``solver_gap`` shows exploitation (README, performance).
 TRAINING_FIXED_STEPS = 4
 
 
