@@ -4,8 +4,8 @@ A model with the default settings is fitted briefly on a synthetic stand-in (NOT
 dataset); then three phases are timed with the network's forward (and closed-form trace)
 calls wrapped by a timer:
 - a flow-matching epoch (forward and backward of the regression loss);
-- a likelihood epoch through the default training solver (rk4, five steps, with RNODE's
-  penalties);
+- a likelihood epoch through the default training solver (rk4 with its default step count,
+  RNODE's penalties on);
 - ``score_samples`` (per-row dopri5, exact trace, float32 by default).
 The remainder is solver bookkeeping, autograd outside the network, data handling and Python.
 Backward passes are charged to the remainder, so the network share is a lower bound in the

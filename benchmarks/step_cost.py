@@ -1,8 +1,9 @@
 """Cost of one likelihood training step, with and without RNODE's penalties, side by side.
 
-One step = the default training solve (five RK4 steps, closed-form exact trace) of a batch of
-512 rows, the loss's backward pass and an Adam update, at the default width for each d, on a
-field with random weights. Three settings: no penalties; both penalties with the Jacobian
+One step = the default training solve (``TRAINING_FIXED_STEPS`` RK4 steps, five when the
+README's figures were taken; closed-form exact trace) of a batch of 512 rows, the loss's
+backward pass and an Adam update, at the default width for each d, on a field with random
+weights. Three settings: no penalties; both penalties with the Jacobian
 penalty's product as a vector-Jacobian product (``|eps^T J|^2``, the earlier implementation,
 whose backward pass differentiates the VJP again); and both penalties with the product pushed
 forward through the linearised network (``|J eps|^2``, today's). Median milliseconds of 20

@@ -570,7 +570,7 @@ def test_adjoint_backward_solver_failure_stops_cleanly(X, monkeypatch):
     assert calls["n"] == 2
 
 
-def test_defaults_hybrid_auto_width_five_rk4_steps_and_rnode(X):
+def test_defaults_hybrid_auto_width_four_rk4_steps_and_rnode(X):
     from skffjord._dynamics import auto_hidden_layer_sizes
 
     assert auto_hidden_layer_sizes(2) == (128, 128)
