@@ -17,6 +17,7 @@ from ._divergence import (
     sample_probe,
 )
 from ._dynamics import VectorField
+from ._marginal import QuantileGaussianizer
 from ._ode import (
     FIXED_GRID_METHODS,
     TRAINING_FIXED_STEPS,
@@ -357,10 +358,11 @@ class _FieldOnly(nn.Module):
 
 
 class FFJORDFlow(nn.Module):
-    """Stacked CNF blocks over a standard normal base, with an affine standardisation.
+    """Stacked CNF blocks over a standard normal base, behind a fixed per-feature map.
 
-    The density of ``x`` (in the user's units) is that of ``u = (x - loc) / scale`` under
-    the flow, times ``prod(1 / scale)``.
+    The density of ``x`` (in the user's units) is that of ``u = (m(x) - loc) / scale``
+    under the flow, times ``prod(1 / scale)`` and the Jacobian of ``m``, an optional
+    :class:`~skffjord._marginal.QuantileGaussianizer` (the identity when ``None``).
 
     Parameters
     ----------
@@ -373,6 +375,8 @@ class FFJORDFlow(nn.Module):
         Standardisation (zeros and ones to switch it off).
     generator : torch.Generator or None
         Source of the initial weights.
+    marginal : QuantileGaussianizer or None
+        Per-feature map applied before ``loc`` and ``scale``.
     """
 
     def __init__(
@@ -386,6 +390,7 @@ class FFJORDFlow(nn.Module):
         scale: Tensor,
         *,
         generator: torch.Generator | None = None,
+        marginal: QuantileGaussianizer | None = None,
     ) -> None:
         super().__init__()
         self.n_features = n_features
@@ -397,18 +402,28 @@ class FFJORDFlow(nn.Module):
         )
         self.register_buffer("loc", loc.clone())
         self.register_buffer("scale", scale.clone())
+        self.marginal = marginal
+
+    def standardize_with_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``u = (m(x) - loc) / scale`` and ``log |det du/dx|`` per row, ``(batch,)``."""
+        log_det = -torch.log(self.scale).sum().expand(x.shape[0])
+        if self.marginal is not None:
+            x, log_det_marginal = self.marginal(x)
+            log_det = log_det + log_det_marginal
+        return (x - self.loc) / self.scale, log_det
 
     def standardize(self, x: Tensor) -> Tensor:
-        """``(x - loc) / scale``."""
-        return (x - self.loc) / self.scale
+        """``(m(x) - loc) / scale``."""
+        return self.standardize_with_log_det(x)[0]
 
     def unstandardize(self, u: Tensor) -> Tensor:
-        """``u * scale + loc``."""
-        return u * self.scale + self.loc
+        """``m^{-1}(u * scale + loc)``."""
+        x = u * self.scale + self.loc
+        return x if self.marginal is None else self.marginal.inverse(x)
 
-    def log_abs_det_standardize(self) -> Tensor:
-        """``log |det d u / d x| = -sum(log scale)``."""
-        return -torch.log(self.scale).sum()
+    def log_abs_det_standardize(self, x: Tensor) -> Tensor:
+        """``log |det du/dx|`` per row of ``x``, ``(batch,)``."""
+        return self.standardize_with_log_det(x)[1]
 
     def train_log_prob(
         self, u: Tensor, config: TrainConfig, generator: torch.Generator | None
@@ -432,9 +447,8 @@ class FFJORDFlow(nn.Module):
 
     def log_prob(self, x: Tensor, config: EvalConfig) -> Tensor:
         """Exact log-density of rows ``x`` in the user's units, shape ``(batch,)``."""
-        return self.standardized_log_prob(self.standardize(x), config) + (
-            self.log_abs_det_standardize()
-        )
+        u, log_det = self.standardize_with_log_det(x)
+        return self.standardized_log_prob(u, config) + log_det
 
     def _blocks_for(self, config: EvalConfig) -> nn.ModuleList:
         """The blocks in the solve precision ``config.dtype`` (a cast copy when it differs)."""

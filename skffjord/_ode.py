@@ -30,8 +30,8 @@ DEFAULT_FIXED_STEPS = 10
 #: With RNODE's penalties on (FFJORDDensity's defaults), 5 steps kept the gap small and
 #: matched 8 steps at equal time, and 4 steps (16 evaluations per solve) matched 5 in test
 #: NLL at 10 minutes on the five stand-ins and the real BSDS300 patches, its gap rising to
-#: about 1 nat per row by the end on all but the 6-d one. FFJORDDensity doubles it during a
-#: fit when the ``solver_gap`` shows exploitation (README, performance).
+#: about 1 nat per row by the end on all but the 6-d one. FFJORDDensity adds one step during a
+#: fit whenever the ``solver_gap`` shows exploitation (README, performance).
 TRAINING_FIXED_STEPS = 4
 
 

@@ -43,7 +43,7 @@ class FitConfig:
     #: the best (the likelihood phase of ``training='hybrid'`` cannot end worse than the
     #: flow-matching fit it starts from, as judged on the validation rows).
     score_initial: bool = False
-    #: Double the training solver's fixed steps (up to ``max_fixed_steps``) after a
+    #: Add one fixed step to the training solver (up to ``max_fixed_steps``) after a
     #: likelihood epoch whose ``solver_gap`` exceeds this many nats per row: the fit has
     #: begun to exploit the coarse solver. ``None``: never; it applies only when the step
     #: count is ours (``TrainConfig.refinable``) and a validation solver is set.
@@ -219,16 +219,16 @@ def solver_gap(
 
 
 def _refined(config: FitConfig, gap: float) -> FitConfig:
-    """``config`` with twice the training solver's fixed steps when ``gap`` calls for it."""
+    """``config`` with one more fixed step of the training solver when ``gap`` calls for it."""
     solver = config.solver
     if (
         config.refine_solver_gap is None
         or not solver.refinable
         or not gap > config.refine_solver_gap
-        or 2 * solver.fixed_steps > config.max_fixed_steps
+        or solver.fixed_steps + 1 > config.max_fixed_steps
     ):
         return config
-    return replace(config, solver=replace(solver, fixed_steps=2 * solver.fixed_steps))
+    return replace(config, solver=replace(solver, fixed_steps=solver.fixed_steps + 1))
 
 
 def flow_matching_validation_loss(
@@ -258,6 +258,7 @@ def train_flow(
     rng: np.random.Generator,
     generator: torch.Generator,
     log_det_offset: float = 0.0,
+    val_log_det_offset: float | None = None,
     optimizer_state: dict | None = None,
 ) -> TrainingResult:
     """Fit ``flow`` by maximum likelihood with Adam, in place.
@@ -277,8 +278,11 @@ def train_flow(
     generator : torch.Generator
         Hutchinson probes.
     log_det_offset : float
-        Constant added to log-likelihoods so that reported losses and scores are in the
-        user's units (the standardisation's log-Jacobian).
+        Constant added to log-likelihoods so that reported training losses are in the
+        user's units (the standardisation's mean log-Jacobian over the training rows).
+    val_log_det_offset : float or None
+        The same for the validation scores (the validation rows' mean log-Jacobian);
+        ``None``: ``log_det_offset``.
     optimizer_state : dict or None
         Adam state to resume from (``warm_start``).
 
@@ -299,6 +303,8 @@ def train_flow(
     n = u_train.shape[0]
     batch_size = min(config.batch_size, n)
     use_validation = u_val is not None and u_val.shape[0] > 0
+    if val_log_det_offset is None:
+        val_log_det_offset = log_det_offset
     last_good = _Checkpoint(params)
     best_state = _snapshot(flow)
     # Flow matching only: its loss is a noisy regression whose raw weights jitter about the
@@ -320,7 +326,7 @@ def train_flow(
     try:
         epochs = range(config.max_iter)
         if use_validation and config.score_initial and config.training == "likelihood":
-            best_score = _guarded_validation(flow, u_val, w_val, config) + log_det_offset
+            best_score = _guarded_validation(flow, u_val, w_val, config) + val_log_det_offset
             result.validation_failures += best_score == -math.inf
             if config.max_time is not None and time.perf_counter() - start > config.max_time:
                 result.stop_reason, epochs = "max_time", range(0)
@@ -394,7 +400,7 @@ def train_flow(
                     if config.training == "flow_matching":
                         score = -flow_matching_validation_loss(flow, u_val, w_val, config)
                     else:
-                        score = _guarded_validation(flow, u_val, w_val, config) + log_det_offset
+                        score = _guarded_validation(flow, u_val, w_val, config) + val_log_det_offset
                         result.validation_failures += score == -math.inf
                     record["valid_score"] = score
                     if score > best_score + config.tol:
