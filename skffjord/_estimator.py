@@ -107,7 +107,8 @@ def _standardized_rows(
     log_det = np.full(X.shape[0], -np.log(scale).sum())
     if marginal is not None:
         with torch.no_grad():
-            u, marginal_log_det = marginal.cpu()(torch.as_tensor(X, dtype=torch.float64))
+            on_cpu = copy.deepcopy(marginal).cpu()
+            u, marginal_log_det = on_cpu(torch.as_tensor(X, dtype=torch.float64))
         X, log_det = u.numpy(), log_det + marginal_log_det.numpy()
     return (X - loc) / scale, log_det
 
@@ -243,7 +244,9 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         invertible, with exponential tails beyond the outer knots (an outlier costs nats in
         proportion to its distance); the flow then only has to model what the marginals
         leave, and heavy-tailed features, which a Lipschitz flow from a Gaussian cannot
-        reach, become easy. ``False``: the identity.
+        reach, become easy. Sample weights count by their ratios (scaling them all changes
+        nothing; the resolution follows the effective sample size). ``False``: the
+        identity.
     batch_size : int or 'auto', default='auto'
         Mini-batch size, ``min(512, n_samples)`` for 'auto'; clipped with a warning when
         larger than the training set. Also the chunk size when validating.
@@ -627,8 +630,11 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             "integration_time": float(self.integration_time),
             "standardize": _standardization_name(self.standardize),
         }
-        if refit and self.__dict__.get("_structure", structure) != structure:
-            changed = sorted(k for k, v in structure.items() if self._structure[k] != v)
+        fitted_structure = dict(self.__dict__.get("_structure", structure))
+        # models saved before 'quantile' existed recorded standardize as a bool
+        fitted_structure["standardize"] = _standardization_name(fitted_structure["standardize"])
+        if refit and fitted_structure != structure:
+            changed = sorted(k for k, v in structure.items() if fitted_structure[k] != v)
             raise ValueError(
                 f"warm_start=True cannot change the model's structure ({', '.join(changed)} "
                 "differ from the fitted model); refit with warm_start=False."
@@ -640,14 +646,12 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             marginal = copy.deepcopy(self.flow_.marginal)
         else:
             marginal = None
-            if self.standardize:
+            loc, scale = np.zeros(n_features), np.ones(n_features)
+            if structure["standardize"] == "affine":
                 loc, scale = _weighted_standardization(X[train_idx], sample_weight[train_idx])
-            else:
-                loc, scale = np.zeros(n_features), np.ones(n_features)
-            if self.standardize == "quantile":
+            elif structure["standardize"] == "quantile":
                 grid, knots = quantile_knots(X[train_idx], sample_weight[train_idx])
                 marginal = QuantileGaussianizer(torch.as_tensor(grid), torch.as_tensor(knots))
-                loc, scale = np.zeros(n_features), np.ones(n_features)
             init_gen = torch.Generator().manual_seed(init_seed)
             flow = FFJORDFlow(
                 n_features,

@@ -404,6 +404,11 @@ class FFJORDFlow(nn.Module):
         self.register_buffer("scale", scale.clone())
         self.marginal = marginal
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "marginal" not in self._modules and "marginal" not in self.__dict__:
+            self.marginal = None  # pickled before the per-feature map existed
+
     def standardize_with_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``u = (m(x) - loc) / scale`` and ``log |det du/dx|`` per row, ``(batch,)``."""
         log_det = -torch.log(self.scale).sum().expand(x.shape[0])

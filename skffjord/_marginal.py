@@ -41,16 +41,19 @@ GAUSSIAN_MIX = 0.01
 
 
 def _weighted_quantiles(column: np.ndarray, weight: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Quantiles of a weighted sample, clamped to its range.
+    """Quantiles of a weighted sample, clamped to its range; unchanged when all weights are
+    multiplied by one constant.
 
-    Hazen's plotting positions ``(i - 1/2) / n`` for equal weights. A row of weight
-    ``w >= 1`` spans the positions its ``w`` repeated copies would take (so integer weights
-    give exactly the quantiles of repeated rows); a lighter row sits at the middle of its
+    With the weights scaled to average 1 over the rows that carry weight: Hazen's plotting
+    positions ``(i - 1/2) / n`` for equal weights; a row of scaled weight ``w >= 1`` spans
+    the positions that ``w`` repeated copies of it would take among those rows (so a row of
+    weight 2 among rows of weight 1 counts as two), a lighter row sits at the middle of its
     share."""
     order = np.argsort(column, kind="stable")
     x, w = column[order], weight[order]
     keep = w > 0
     x, w = x[keep], w[keep]
+    w = w / w.mean()
     cum = np.cumsum(w)
     half = np.minimum(0.5, 0.5 * w)
     positions = np.column_stack([cum - w + half, cum - half]).ravel() / cum[-1]
@@ -74,11 +77,11 @@ def quantile_knots(
     sample_weight : ndarray of shape (n_samples,)
         Non-negative, with a positive sum.
     max_intervals, rows_per_interval, tail_rows, mix
-        Resolution: ``clip(n / rows_per_interval, 4, max_intervals)`` intervals for ``n``
-        rows, where ``n`` is the larger of ``sum w`` (weights as frequencies: integer
-        weights act as repeated rows) and the effective sample size ``(sum w)^2 / sum w^2``
-        (for weights scaled below 1); ``u_max`` such that ``min(tail_rows, n / 4)`` rows are
-        expected beyond each end.
+        Resolution: ``clip(n / rows_per_interval, 4, max_intervals)`` intervals for the
+        effective sample size ``n = (sum w)^2 / sum w^2`` (the row count for equal weights;
+        unchanged when all weights are scaled, so the map depends on the weights' ratios
+        only, and integer weights give about, not exactly, the map of repeated rows);
+        ``u_max`` such that ``min(tail_rows, n / 4)`` rows are expected beyond each end.
 
     Returns
     -------
@@ -88,7 +91,7 @@ def quantile_knots(
         The ``q_jk``, strictly increasing along each row.
     """
     w = np.asarray(sample_weight, dtype=np.float64)
-    n_eff = max(float(w.sum()), float(w.sum() ** 2 / np.sum(w**2)))
+    n_eff = float(w.sum() ** 2 / np.sum(w**2))
     n_intervals = int(np.clip(n_eff // rows_per_interval, 4, max_intervals))
     u_max = float(-ndtri(min(tail_rows, n_eff / 4) / n_eff))
     grid = np.linspace(-u_max, u_max, n_intervals + 1)
@@ -96,11 +99,15 @@ def quantile_knots(
     q = np.stack([_weighted_quantiles(X[:, j], w, probs) for j in range(X.shape[1])])
     empirical, (q1, median, q3) = q[:, :-3], q[:, -3:].T
     spread = (q3 - q1) / 1.349  # the standard deviation for Gaussian data
-    mean = w @ X / w.sum()
-    std = np.sqrt(np.maximum(w @ (X - mean) ** 2 / w.sum(), 0.0))
+    with np.errstate(over="ignore", invalid="ignore"):  # |x| near 1e300: overflow -> 1
+        mean = w @ X / w.sum()
+        std = np.sqrt(np.maximum(w @ (X - mean) ** 2 / w.sum(), 0.0))
+    std[~np.isfinite(std)] = 0.0
     for fallback in (std, np.ones_like(std)):
         small = ~(spread > 1e-12 * np.maximum(1.0, np.abs(median)))
         spread[small] = fallback[small]
+    # knots 1e-10 |median| apart at least: far above float64 rounding at any magnitude
+    spread = np.maximum(spread, 1e-8 * np.abs(median))
     gaussian = median[:, None] + spread[:, None] * grid[None, :]
     return grid, (1 - mix) * empirical + mix * gaussian
 

@@ -344,7 +344,11 @@ def test_warm_start_continues_training(X):
 def test_integer_sample_weights_equal_repeated_rows(X):
     weights = np.tile([0, 1, 2], len(X) // 3)
     repeated = np.repeat(X, weights, axis=0)
+    # affine: the quantile map counts weights by their ratios (its resolution follows the
+    # effective sample size), so there integer weights only approximate repeated rows
+    # (tests/test_marginal.py)
     kw = dict(trace_estimator="exact", batch_size=1000, max_iter=3, shuffle=False)
+    kw.update(standardize="affine")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         a = tiny(**kw).fit(X, sample_weight=weights)

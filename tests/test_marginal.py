@@ -90,28 +90,47 @@ def test_each_marginal_map_is_a_normalised_density(heavy, column):
     assert 0.99 < np.trapezoid(density[inside], xs[inside]) < 1
 
 
-def test_integer_weights_equal_repeated_rows(heavy):
+def test_weights_count_by_their_ratios(heavy):
     from skffjord._marginal import _weighted_quantiles
 
     rng = np.random.default_rng(2)
     X = heavy[:3000, :3]
     w = rng.integers(0, 4, size=len(X)).astype(float)
+    grid, knots = quantile_knots(X, w)
+    # the same map for weights scaled by any constant (count-style or normalised weights)
+    for c in (1e-4, 100.0):
+        grid_c, knots_c = quantile_knots(X, c * w)
+        np.testing.assert_allclose(grid_c, grid, rtol=1e-12)
+        np.testing.assert_allclose(knots_c, knots, rtol=1e-12, atol=1e-12)
+    # the resolution follows the effective sample size, (sum w)^2 / sum w^2
+    n_eff = w.sum() ** 2 / (w**2).sum()
+    assert len(grid) - 1 == n_eff // 100
+    # integer weights: about the quantiles of repeated rows (within a row's spacing)
     repeated = np.repeat(X, w.astype(int), axis=0)
-    grid_w, knots_w = quantile_knots(X, w)
-    grid_r, knots_r = quantile_knots(repeated, np.ones(len(repeated)))
-    np.testing.assert_allclose(grid_w, grid_r, rtol=1e-12)
-    np.testing.assert_allclose(knots_w, knots_r, rtol=1e-12, atol=1e-12)
+    probs = np.linspace(0.02, 0.98, 49)
+    for j in range(3):
+        a = _weighted_quantiles(X[:, j], w, probs)
+        b = _weighted_quantiles(repeated[:, j], np.ones(len(repeated)), probs)
+        spacing = np.diff(np.sort(X[:, j])).max()
+        assert np.abs(a - b).max() < spacing
     # rows of weight zero have no say
-    probs = np.linspace(0.01, 0.99, 99)
     moved = X[:, 0].copy()
     moved[w == 0] = 1e6
     np.testing.assert_array_equal(
         _weighted_quantiles(moved, w, probs), _weighted_quantiles(X[:, 0], w, probs)
     )
-    # scaled weights keep the quantiles; the resolution then follows the effective size
-    grid_s, knots_s = quantile_knots(X, w / w.sum())
-    n_eff = w.sum() ** 2 / (w**2).sum()  # below sum(w) = 4,500 for weights in {0, 1, 2, 3}
-    assert len(grid_s) - 1 == n_eff // 100 < len(grid_w) - 1 == w.sum() // 100
+
+
+@pytest.mark.parametrize("value", [0.0, -3.0, 1e14, -1e300])
+@pytest.mark.parametrize("n", [1, 2, 5, 1000])
+def test_constant_and_tiny_columns_stay_invertible(value, n):
+    X = np.full((n, 2), value)
+    X[:, 1] = np.arange(n)
+    marginal, _, knots = _gaussianizer(X)
+    assert (np.diff(knots, axis=1) > 0).all()
+    u, log_det = marginal(torch.as_tensor(X))
+    assert torch.isfinite(u).all() and torch.isfinite(log_det).all()
+    np.testing.assert_allclose(marginal.inverse(u).numpy(), X, rtol=1e-12, atol=1e-12)
 
 
 def test_training_rows_come_out_near_standard_normal(heavy):
@@ -179,3 +198,23 @@ def test_warm_start_keeps_the_fitted_map():
     model.set_params(standardize="affine")
     with pytest.raises(ValueError, match="standardize"):
         model.fit(X)
+
+
+def test_models_pickled_before_the_map_existed_still_score_and_refit():
+    import pickle
+
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(300, 2))
+    model = _fit(X, standardize=True, warm_start=True, max_iter=2)
+    expected = model.score_samples(X)
+    # what an older version pickled: no map on the flow, standardize recorded as a bool
+    del model.flow_.marginal
+    model._structure["standardize"] = True
+    old = pickle.loads(pickle.dumps(model))
+    assert old.flow_.marginal is None
+    np.testing.assert_array_equal(old.score_samples(X), expected)
+    _fit_again = old.set_params(max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        _fit_again.fit(X)  # a warm refit accepts the old record of standardize=True
+    assert old.flow_.marginal is None
