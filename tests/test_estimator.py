@@ -558,8 +558,7 @@ def test_jacobian_penalty_works_with_exact_trace(X):
 
 @pytest.mark.parametrize("value", [1e300, 1e155, 1e20])
 def test_extreme_rows_score_minus_infinity_or_fail_fast(fitted, value):
-    """Far-away rows get a hugely negative log-density or a SolverError, never a long spin
-    (the quantile map's exponential tails make the cost linear in the distance)."""
+    """Far-away rows get a (near) -inf log-density or a SolverError, never a long spin."""
     import time
 
     start = time.perf_counter()
@@ -567,7 +566,7 @@ def test_extreme_rows_score_minus_infinity_or_fail_fast(fitted, value):
         score = fitted.score_samples(np.array([[value, 0.0, 0.0]]))[0]
     except skffjord.SolverError:
         score = -np.inf
-    assert score < -1e15
+    assert score < -1e30
     assert time.perf_counter() - start < 5
 
 

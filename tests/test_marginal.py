@@ -218,3 +218,25 @@ def test_models_pickled_before_the_map_existed_still_score_and_refit():
         warnings.simplefilter("ignore", ConvergenceWarning)
         _fit_again.fit(X)  # a warm refit accepts the old record of standardize=True
     assert old.flow_.marginal is None
+
+
+@pytest.mark.parametrize("value", [1e300, 1e155, 1e20])
+def test_far_rows_cost_in_proportion_to_their_distance_and_fast(value):
+    """Exponential tails: a far row scores at most about -rate * distance (the map alone
+    gives that; the flow may add more), a SolverError is allowed too; never a long spin."""
+    import time
+
+    import skffjord
+
+    rng = np.random.default_rng(7)
+    model = _fit(rng.normal(size=(400, 3)), standardize="quantile", max_iter=2)
+    marginal = model.flow_.marginal
+    rates = (marginal.grid[-1] * marginal.slopes[0, -1], -marginal.grid[0] * marginal.slopes[0, 0])
+    for sign, rate in zip((1, -1), rates, strict=True):
+        start = time.perf_counter()
+        try:
+            score = model.score_samples(np.array([[sign * value, 0.0, 0.0]]))[0]
+        except skffjord.SolverError:
+            score = -np.inf
+        assert time.perf_counter() - start < 5
+        assert score < -0.5 * float(rate) * value

@@ -36,11 +36,8 @@ EXPECTED_FAILED_CHECKS = {
 }
 
 
-# float64 scoring: in float32 a row's score can move by about the solver tolerance with its
-# batch-mates (documented under eval_dtype), enough to flip predict for a row at offset_
-# (seen in check_methods_subset_invariance once the default map became 'quantile').
 @parametrize_with_checks(
-    [FFJORDOutlierDetector(random_state=0, eval_dtype="float64", **TINY)],
+    [FFJORDOutlierDetector(random_state=0, **TINY)],
     expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
 )
 def test_sklearn_compatible_outlier_detector(estimator, check):
