@@ -246,10 +246,10 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         leave, and heavy-tailed features, which a Lipschitz flow from a Gaussian cannot
         reach, become easy. Sample weights count by their ratios (scaling them all changes
         nothing; the resolution follows the effective sample size). It helps where features
-        are heavy-tailed through a per-feature non-linearity (up to 8 nats in 120-s fits of
-        the benchmark stand-ins, whose last step is an elementwise sinh) and hurts where the
-        dependence is elliptical, as in natural-image patches (10.8 nats worse on the real
-        BSDS300 patches at 10 minutes): compare both on validation data (README,
+        are heavy-tailed through a per-feature non-linearity (0.1 to 9.0 nats in 10-minute
+        fits of the benchmark stand-ins, whose last step is an elementwise sinh) and hurts
+        where the dependence is elliptical, as in natural-image patches (10.8 nats worse on
+        the real BSDS300 patches at 10 minutes): compare both on validation data (README,
         performance). ``False``: the identity.
     batch_size : int or 'auto', default='auto'
         Mini-batch size, ``min(512, n_samples)`` for 'auto'; clipped with a warning when
