@@ -99,20 +99,6 @@ def _standardization_name(standardize: bool | str) -> str:
     return "affine" if standardize else "none"
 
 
-def _standardized_rows(
-    X: np.ndarray, loc: np.ndarray, scale: np.ndarray, marginal: QuantileGaussianizer | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The rows as the flow sees them, ``(m(X) - loc) / scale``, and each row's
-    ``log |det du/dx|`` (float64, on the CPU)."""
-    log_det = np.full(X.shape[0], -np.log(scale).sum())
-    if marginal is not None:
-        with torch.no_grad():
-            on_cpu = copy.deepcopy(marginal).cpu()
-            u, marginal_log_det = on_cpu(torch.as_tensor(X, dtype=torch.float64))
-        X, log_det = u.numpy(), log_det + marginal_log_det.numpy()
-    return (X - loc) / scale, log_det
-
-
 def _to_cpu(obj: Any) -> Any:
     """Move every tensor of a nested dict/list structure to the CPU."""
     if isinstance(obj, torch.Tensor):
@@ -644,10 +630,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
                 "differ from the fitted model); refit with warm_start=False."
             )
         if refit:
-            flow = copy.deepcopy(self.flow_).to(device=device, dtype=torch.float32)
-            loc = self.flow_.loc.cpu().numpy()
-            scale = self.flow_.scale.cpu().numpy()
-            marginal = copy.deepcopy(self.flow_.marginal)
+            flow = copy.deepcopy(self.flow_)
         else:
             marginal = None
             loc, scale = np.zeros(n_features), np.ones(n_features)
@@ -666,9 +649,19 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
                 torch.as_tensor(loc, dtype=torch.float64),
                 torch.as_tensor(scale, dtype=torch.float64),
                 generator=init_gen,
-            ).to(device=device, dtype=torch.float32)  # the map is attached after training
-        # the rows as the flow sees them, and each row's log-Jacobian (float64)
-        U, row_log_det = _standardized_rows(X, loc, scale, marginal)
+                marginal=marginal,
+            )
+        # the rows as the flow sees them and each row's log-Jacobian, in float64
+        with torch.no_grad():
+            u, log_det = flow.standardize_with_log_det(
+                torch.as_tensor(X, dtype=torch.float64, device=flow.loc.device)
+            )
+        U, row_log_det = u.cpu().numpy(), log_det.cpu().numpy()
+        loc, scale = flow.loc.cpu().numpy(), flow.scale.cpu().numpy()
+        # the fixed map is not trained and stays float64: it leaves the flow while the flow
+        # trains in float32, and comes back after
+        marginal, flow.marginal = flow.marginal, None
+        flow = flow.to(device=device, dtype=torch.float32)
 
         batch_size = min(512, len(train_idx)) if self.batch_size == "auto" else self.batch_size
         if batch_size > len(train_idx):
@@ -707,17 +700,15 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             as_tensor(U[val_idx]) if self.early_stopping else None,
             as_tensor(sample_weight[val_idx]) if self.early_stopping else None,
         )
+
+        def mean_log_det(idx: np.ndarray) -> float:
+            return float(np.average(row_log_det[idx], weights=sample_weight[idx]))
+
         common = dict(
             rng=rng,
             generator=make_generator(probe_seed, device),
-            log_det_offset=float(
-                np.average(row_log_det[train_idx], weights=sample_weight[train_idx])
-            ),
-            val_log_det_offset=float(
-                np.average(row_log_det[val_idx], weights=sample_weight[val_idx])
-            )
-            if self.early_stopping
-            else None,
+            log_det_offset=mean_log_det(train_idx),
+            val_log_det_offset=mean_log_det(val_idx) if self.early_stopping else None,
         )
         optimizer_state = self.__dict__.get("_optimizer_state") if refit else None
         if self.training != "hybrid":

@@ -769,21 +769,14 @@ def test_default_training_solver_refines_when_exploited(X, monkeypatch, user_ste
         assert nfe == [16, 20, 20, 24, 24, 28, 28, 32, 32, 36]
 
 
-def test_training_solver_refinement_stops_at_its_cap():
+def test_training_solver_refinement_stops_at_its_cap(rng):
     from dataclasses import replace
 
     from skffjord._flow import TrainConfig
-    from skffjord._training import FitConfig, _refined
+    from skffjord._training import _refined
 
-    config = FitConfig(
-        batch_size=64,
-        learning_rate_init=1e-3,
-        alpha=0.0,
-        max_iter=10,
-        max_time=None,
-        tol=1e-4,
-        n_iter_no_change=10,
-        shuffle=True,
+    *_, config = _train_flow_setup(
+        rng,
         solver=TrainConfig(method="rk4", fixed_steps=4),
         refine_solver_gap=1.0,
         max_fixed_steps=6,
