@@ -137,6 +137,9 @@ def run_ffjord_single_fit(train, val, test, budget, seed, **params):
         curve=curve or [(spent, -float(model.score(val)))],
         params={k: str(v) for k, v in model.get_params().items()},
         stop_reason=model.stop_reason_,
+        # the fixed map in front of the flow, and the candidates' held-out scores ('auto')
+        standardize=getattr(model, "standardize_", None),
+        standardize_scores=getattr(model, "standardize_scores_", None),
         # training minus evaluation solver, nats per row, after each likelihood epoch
         solver_gaps=[(h["time"], h.get("solver_gap")) for h in likelihood],
     )

@@ -6,7 +6,7 @@ import copy
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from numbers import Integral, Real
 from typing import Any
 
@@ -22,7 +22,7 @@ from ._dynamics import ACTIVATIONS, auto_hidden_layer_sizes
 from ._flow import EvalConfig, FFJORDFlow, TrainConfig
 from ._marginal import QuantileGaussianizer, quantile_knots
 from ._ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS
-from ._training import FitConfig, TrainingResult, train_flow
+from ._training import FitConfig, TrainingResult, guarded_validation, train_flow
 from ._utils import make_generator, resolve_device, spawn_seeds
 
 __all__ = ["FFJORDDensity"]
@@ -39,9 +39,17 @@ _FITTED = (
     "best_loss_",
     "device_",
     "stop_reason_",
+    "standardize_",
+    "standardize_scores_",
     "_optimizer_state",
     "_structure",
 )
+
+#: Share of ``max_iter`` and of ``max_time`` given to each candidate map of
+#: ``standardize='auto'`` before the choice (the chosen one's share counts as training).
+MAP_RACE_SHARE = 0.05
+#: Stop reasons after which a fit goes no further.
+_FAILED = ("diverged", "solver_failed", "interrupted")
 
 #: ``solver_gap`` (nats per row) of the fitted weights above which ``fit`` warns that the
 #: training solver is being exploited.
@@ -108,6 +116,74 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
+
+
+@dataclass
+class _Run:
+    """A flow prepared for training: float32 on its device with the fixed marginal map
+    detached, and every row as the flow sees it (float64, with its log-Jacobian)."""
+
+    flow: FFJORDFlow
+    marginal: QuantileGaussianizer | None
+    loc: np.ndarray
+    scale: np.ndarray
+    rows: np.ndarray
+    row_log_det: np.ndarray
+    sample_weight: np.ndarray
+    generator: torch.Generator
+
+    def data(self, train_idx: np.ndarray, val_idx: np.ndarray | None) -> tuple:
+        """Training rows and weights, then validation rows and weights (or ``None``)."""
+        device = self.flow.loc.device
+
+        def as_tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a, dtype=torch.float32, device=device)
+
+        return (
+            as_tensor(self.rows[train_idx]),
+            as_tensor(self.sample_weight[train_idx]),
+            None if val_idx is None else as_tensor(self.rows[val_idx]),
+            None if val_idx is None else as_tensor(self.sample_weight[val_idx]),
+        )
+
+    def mean_log_det(self, idx: np.ndarray) -> float:
+        """Weighted mean log-Jacobian of the map over the rows ``idx``."""
+        return float(np.average(self.row_log_det[idx], weights=self.sample_weight[idx]))
+
+
+@dataclass
+class _Race:
+    """The first epochs of the map chosen by ``standardize='auto'``."""
+
+    result: TrainingResult
+    #: Seconds from the start of the fit to the start of its epochs and to the choice.
+    began: float
+    ended: float
+
+
+def _remaining(config: FitConfig, race: _Race | None, start: float) -> FitConfig:
+    """``config`` less the epochs of the race and the time since ``start``."""
+    if race is None:
+        return config
+    max_time = config.max_time
+    if max_time is not None:
+        max_time = max(max_time - (time.perf_counter() - start), 1e-3)
+    return replace(config, max_iter=max(1, config.max_iter - race.result.n_iter), max_time=max_time)
+
+
+def _joined(race: _Race, rest: TrainingResult) -> TrainingResult:
+    """One result for the race's epochs followed by the rest of the fit."""
+    first = race.result
+    for record in first.history:
+        record["time"] += race.began
+    for record in rest.history:
+        record["epoch"] += first.n_iter
+        record["time"] += race.ended
+    rest.history = first.history + rest.history
+    rest.n_iter += first.n_iter
+    rest.best_loss = min(rest.best_loss, first.best_loss)
+    rest.validation_failures += first.validation_failures
+    return rest
 
 
 class FFJORDDensity(DensityMixin, BaseEstimator):
@@ -382,7 +458,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         "eval_rtol": [Interval(Real, 0, None, closed="neither")],
         "eval_ode_solver_params": [dict, None],
         "eval_dtype": [StrOptions({"float32", "float64"})],
-        "standardize": ["boolean", StrOptions({"affine", "quantile"})],
+        "standardize": ["boolean", StrOptions({"auto", "affine", "quantile"})],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "alpha": [Interval(Real, 0, None, closed="left")],
@@ -424,7 +500,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         eval_rtol: float = 1e-5,
         eval_ode_solver_params: dict | None = None,
         eval_dtype: str = "float32",
-        standardize: bool | str = True,
+        standardize: bool | str = "auto",
         batch_size: int | str = "auto",
         learning_rate_init: float = 1e-3,
         alpha: float = 0.0,
@@ -629,40 +705,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
                 f"warm_start=True cannot change the model's structure ({', '.join(changed)} "
                 "differ from the fitted model); refit with warm_start=False."
             )
-        if refit:
-            flow = copy.deepcopy(self.flow_)
-        else:
-            marginal = None
-            loc, scale = np.zeros(n_features), np.ones(n_features)
-            if structure["standardize"] == "affine":
-                loc, scale = _weighted_standardization(X[train_idx], sample_weight[train_idx])
-            elif structure["standardize"] == "quantile":
-                grid, knots = quantile_knots(X[train_idx], sample_weight[train_idx])
-                marginal = QuantileGaussianizer(torch.as_tensor(grid), torch.as_tensor(knots))
-            init_gen = torch.Generator().manual_seed(init_seed)
-            flow = FFJORDFlow(
-                n_features,
-                hidden,
-                self.activation,
-                int(self.n_blocks),
-                float(self.integration_time),
-                torch.as_tensor(loc, dtype=torch.float64),
-                torch.as_tensor(scale, dtype=torch.float64),
-                generator=init_gen,
-                marginal=marginal,
-            )
-        # the rows as the flow sees them and each row's log-Jacobian, in float64
-        with torch.no_grad():
-            u, log_det = flow.standardize_with_log_det(
-                torch.as_tensor(X, dtype=torch.float64, device=flow.loc.device)
-            )
-        U, row_log_det = u.cpu().numpy(), log_det.cpu().numpy()
-        loc, scale = flow.loc.cpu().numpy(), flow.scale.cpu().numpy()
-        # the fixed map is not trained and stays float64: it leaves the flow while the flow
-        # trains in float32, and comes back after
-        marginal, flow.marginal = flow.marginal, None
-        flow = flow.to(device=device, dtype=torch.float32)
-
+        eval_cfg = replace(self._eval_config(validate=False), dtype=None)  # training precision
         batch_size = min(512, len(train_idx)) if self.batch_size == "auto" else self.batch_size
         if batch_size > len(train_idx):
             warnings.warn(
@@ -672,10 +715,6 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
                 stacklevel=3,
             )
             batch_size = len(train_idx)
-
-        def as_tensor(a: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(a, dtype=torch.float32, device=device)
-
         fit_cfg = FitConfig(
             batch_size=int(batch_size),
             learning_rate_init=float(self.learning_rate_init),
@@ -691,32 +730,54 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             verbose=int(self.verbose),
             training=self.training,
             # in the training precision (the flow being trained is float32)
-            validation_solver=replace(self._eval_config(validate=False), dtype=None),
+            validation_solver=eval_cfg,
             refine_solver_gap=REFINE_SOLVER_GAP,
         )
-        data = (
-            as_tensor(U[train_idx]),
-            as_tensor(sample_weight[train_idx]),
-            as_tensor(U[val_idx]) if self.early_stopping else None,
-            as_tensor(sample_weight[val_idx]) if self.early_stopping else None,
-        )
-
-        def mean_log_det(idx: np.ndarray) -> float:
-            return float(np.average(row_log_det[idx], weights=sample_weight[idx]))
-
+        start = time.perf_counter()
+        race: _Race | None = None
+        map_scores = None
+        if refit:
+            kind = self.standardize_
+            run = self._prepared(copy.deepcopy(self.flow_), X, sample_weight, device, probe_seed)
+        elif structure["standardize"] == "auto":
+            kind, run, race, map_scores = self._choose_map(
+                X,
+                sample_weight,
+                train_idx,
+                val_idx,
+                hidden,
+                init_seed,
+                probe_seed,
+                rng,
+                device,
+                fit_cfg,
+            )
+        else:
+            kind = structure["standardize"]
+            flow = self._new_flow(kind, X[train_idx], sample_weight[train_idx], hidden, init_seed)
+            run = self._prepared(flow, X, sample_weight, device, probe_seed)
+        flow = run.flow
+        data = run.data(train_idx, val_idx if self.early_stopping else None)
         common = dict(
             rng=rng,
-            generator=make_generator(probe_seed, device),
-            log_det_offset=mean_log_det(train_idx),
-            val_log_det_offset=mean_log_det(val_idx) if self.early_stopping else None,
+            generator=run.generator,
+            log_det_offset=run.mean_log_det(train_idx),
+            val_log_det_offset=run.mean_log_det(val_idx) if self.early_stopping else None,
         )
         optimizer_state = self.__dict__.get("_optimizer_state") if refit else None
-        if self.training != "hybrid":
+        if race is not None:
+            optimizer_state = race.result.optimizer_state
+        if race is not None and race.result.stop_reason in _FAILED:
+            result = race.result
+        elif self.training != "hybrid":
             # a warm refit with early stopping cannot end worse than the model it starts from
-            fit_cfg = replace(fit_cfg, score_initial=bool(refit))
+            fit_cfg = replace(_remaining(fit_cfg, race, start), score_initial=bool(refit))
             result = train_flow(flow, *data, fit_cfg, optimizer_state=optimizer_state, **common)
         else:
-            result = self._train_hybrid(flow, data, fit_cfg, optimizer_state, common)
+            result = self._train_hybrid(flow, data, fit_cfg, optimizer_state, common, race, start)
+        if race is not None and result is not race.result:
+            result = _joined(race, result)
+        marginal, loc, scale = run.marginal, run.loc, run.scale
 
         # Commit the fitted state only now (a failure above leaves the old model).
         flow.eval()
@@ -737,6 +798,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self.best_loss_ = result.best_loss
         self.stop_reason_ = result.stop_reason
         self._structure = structure
+        self.standardize_ = kind
+        self.standardize_scores_ = map_scores
         self._optimizer_state = _to_cpu(result.optimizer_state) if self.warm_start else None
         self._warn_stop(result.stop_reason, result.message)
         self._warn_solver_gap(result.final_solver_gap)
@@ -751,6 +814,127 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             )
         return self
 
+    def _new_flow(
+        self,
+        kind: str,
+        X: np.ndarray,
+        sample_weight: np.ndarray,
+        hidden: tuple[int, ...],
+        init_seed: int,
+    ) -> FFJORDFlow:
+        """A fresh float64 flow whose fixed map ('affine', 'quantile' or 'none') is fitted
+        on the rows ``X``."""
+        n_features = X.shape[1]
+        marginal = None
+        loc, scale = np.zeros(n_features), np.ones(n_features)
+        if kind == "affine":
+            loc, scale = _weighted_standardization(X, sample_weight)
+        elif kind == "quantile":
+            grid, knots = quantile_knots(X, sample_weight)
+            marginal = QuantileGaussianizer(torch.as_tensor(grid), torch.as_tensor(knots))
+        return FFJORDFlow(
+            n_features,
+            hidden,
+            self.activation,
+            int(self.n_blocks),
+            float(self.integration_time),
+            torch.as_tensor(loc, dtype=torch.float64),
+            torch.as_tensor(scale, dtype=torch.float64),
+            generator=torch.Generator().manual_seed(init_seed),
+            marginal=marginal,
+        )
+
+    @staticmethod
+    def _prepared(
+        flow: FFJORDFlow,
+        X: np.ndarray,
+        sample_weight: np.ndarray,
+        device: torch.device,
+        probe_seed: int,
+    ) -> _Run:
+        """``flow`` ready to train, with every row of ``X`` through its fixed map."""
+        # the rows as the flow sees them and each row's log-Jacobian, in float64
+        with torch.no_grad():
+            u, log_det = flow.standardize_with_log_det(
+                torch.as_tensor(X, dtype=torch.float64, device=flow.loc.device)
+            )
+        loc, scale = flow.loc.cpu().numpy(), flow.scale.cpu().numpy()
+        # the fixed map is not trained and stays float64: it leaves the flow while the flow
+        # trains in float32, and comes back after
+        marginal, flow.marginal = flow.marginal, None
+        return _Run(
+            flow=flow.to(device=device, dtype=torch.float32),
+            marginal=marginal,
+            loc=loc,
+            scale=scale,
+            rows=u.cpu().numpy(),
+            row_log_det=log_det.cpu().numpy(),
+            sample_weight=sample_weight,
+            generator=make_generator(probe_seed, device),
+        )
+
+    def _choose_map(
+        self,
+        X: np.ndarray,
+        sample_weight: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        hidden: tuple[int, ...],
+        init_seed: int,
+        probe_seed: int,
+        rng: np.random.Generator,
+        device: torch.device,
+        fit_cfg: FitConfig,
+    ) -> tuple[str, _Run, _Race | None, dict[str, float] | None]:
+        """``standardize='auto'``: train a flow behind each map for ``MAP_RACE_SHARE`` of
+        the budget and keep the one whose held-out log-likelihood (evaluation solver, in
+        the user's units) is higher; the other's epochs are discarded."""
+        start = time.perf_counter()
+        if self.early_stopping:
+            fit_idx, held_idx = train_idx, val_idx
+        else:  # rows held out for the choice only; the chosen flow then trains on all rows
+            n_held = max(1, int(round(self.validation_fraction * len(X))))
+            perm = rng.permutation(len(X))
+            held_idx, fit_idx = np.sort(perm[:n_held]), np.sort(perm[n_held:])
+            if not (sample_weight[fit_idx].sum() > 0 and sample_weight[held_idx].sum() > 0):
+                flow = self._new_flow(
+                    "affine", X[train_idx], sample_weight[train_idx], hidden, init_seed
+                )
+                run = self._prepared(flow, X, sample_weight, device, probe_seed)
+                return "affine", run, None, None
+        race_cfg = replace(
+            fit_cfg,
+            training="likelihood" if self.training == "likelihood" else "flow_matching",
+            max_iter=max(1, round(MAP_RACE_SHARE * fit_cfg.max_iter)),
+            max_time=None if fit_cfg.max_time is None else MAP_RACE_SHARE * fit_cfg.max_time,
+        )
+        scores: dict[str, float] = {}
+        best: tuple[str, _Run, _Race] | None = None
+        for kind in ("affine", "quantile"):
+            began = time.perf_counter() - start
+            flow = self._new_flow(kind, X[fit_idx], sample_weight[fit_idx], hidden, init_seed)
+            run = self._prepared(flow, X, sample_weight, device, probe_seed)
+            data = run.data(fit_idx, held_idx)
+            result = train_flow(
+                run.flow,
+                *data,
+                race_cfg,
+                rng=rng,
+                generator=run.generator,
+                log_det_offset=run.mean_log_det(fit_idx),
+                val_log_det_offset=run.mean_log_det(held_idx),
+            )
+            scores[kind] = guarded_validation(run.flow, data[2], data[3], race_cfg)
+            scores[kind] += run.mean_log_det(held_idx)
+            race = _Race(result, began, time.perf_counter() - start)
+            if best is None or scores[kind] > scores[best[0]]:
+                best = (kind, run, race)
+            if result.stop_reason == "interrupted":
+                break
+        kind, run, race = best
+        race.ended = time.perf_counter() - start
+        return kind, run, race, scores
+
     def _train_hybrid(
         self,
         flow: FFJORDFlow,
@@ -758,27 +942,36 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         fit_cfg: FitConfig,
         optimizer_state: dict | None,
         common: dict,
+        race: _Race | None,
+        start: float,
     ) -> TrainingResult:
-        """Flow matching, then maximum likelihood for ``likelihood_fraction`` of the budget."""
+        """Flow matching, then maximum likelihood for ``likelihood_fraction`` of the budget
+        (``start``: when the fit began; ``race``: its flow-matching epochs so far)."""
         fraction = float(self.likelihood_fraction)
         n_likelihood = max(1, round(fraction * fit_cfg.max_iter))
         n_matching = max(1, fit_cfg.max_iter - n_likelihood)
-        start = time.perf_counter()
-        first = train_flow(
-            flow,
-            *data,
-            replace(
-                fit_cfg,
-                training="flow_matching",
-                max_iter=n_matching,
-                max_time=None if fit_cfg.max_time is None else (1 - fraction) * fit_cfg.max_time,
-            ),
-            optimizer_state=optimizer_state,
-            **common,
-        )
+        matching_time = None
+        if fit_cfg.max_time is not None:
+            matching_time = (1 - fraction) * fit_cfg.max_time - (time.perf_counter() - start)
+        if race is not None:
+            n_matching -= race.result.n_iter
+        first = TrainingResult(optimizer_state=optimizer_state)
+        if n_matching >= 1 and (matching_time is None or matching_time > 0):
+            first = train_flow(
+                flow,
+                *data,
+                replace(
+                    fit_cfg, training="flow_matching", max_iter=n_matching, max_time=matching_time
+                ),
+                optimizer_state=optimizer_state,
+                **common,
+            )
         for record in first.history:
             record["phase"] = "flow_matching"
-        if first.stop_reason in ("diverged", "solver_failed", "interrupted"):
+        if race is not None:
+            for record in race.result.history:
+                record["phase"] = "flow_matching"
+        if first.stop_reason in _FAILED:
             return first
         remaining = None
         if fit_cfg.max_time is not None:
@@ -988,6 +1181,10 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        if "flow_" in self.__dict__ and "standardize_" not in self.__dict__:
+            # saved before 'auto' existed: the map is the one the structure names
+            self.standardize_ = _standardization_name(self._structure["standardize"])
+            self.standardize_scores_ = None
         if "flow_" in self.__dict__:
             device = resolve_device(self.__dict__.get("device_", "cpu"), fallback=True)
             self.flow_ = self.flow_.to(device)

@@ -180,7 +180,7 @@ def validation_score(
     return total / float(w.sum())
 
 
-def _guarded_validation(flow: FFJORDFlow, u: Tensor, w: Tensor, config: FitConfig) -> float:
+def guarded_validation(flow: FFJORDFlow, u: Tensor, w: Tensor, config: FitConfig) -> float:
     """Validation log-likelihood of standardised rows (``config.validation_solver``, else
     the training solver), or ``-inf`` (no improvement) when the weights cannot be scored:
     the solver failed or the score is not finite."""
@@ -326,7 +326,7 @@ def train_flow(
     try:
         epochs = range(config.max_iter)
         if use_validation and config.score_initial and config.training == "likelihood":
-            best_score = _guarded_validation(flow, u_val, w_val, config) + val_log_det_offset
+            best_score = guarded_validation(flow, u_val, w_val, config) + val_log_det_offset
             result.validation_failures += best_score == -math.inf
             if config.max_time is not None and time.perf_counter() - start > config.max_time:
                 result.stop_reason, epochs = "max_time", range(0)
@@ -400,7 +400,7 @@ def train_flow(
                     if config.training == "flow_matching":
                         score = -flow_matching_validation_loss(flow, u_val, w_val, config)
                     else:
-                        score = _guarded_validation(flow, u_val, w_val, config) + val_log_det_offset
+                        score = guarded_validation(flow, u_val, w_val, config) + val_log_det_offset
                         result.validation_failures += score == -math.inf
                     record["valid_score"] = score
                     if score > best_score + config.tol:
