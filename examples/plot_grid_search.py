@@ -9,8 +9,9 @@ moons with 3-fold cross-validation; the chart shows each candidate's held-out me
 log-likelihood with the spread over the folds.
 
 A pipeline's ``score`` is the log-density of the data *after* the scaler (scikit-learn adds
-no Jacobian). ``FFJORDDensity`` alone, with its default ``standardize=True``, scales
-internally and reports log-densities in the data's own units.
+no Jacobian). ``FFJORDDensity`` alone, with its default ``standardize='auto'``, maps the
+features internally (by the affine or the quantile map, chosen on held-out rows) and reports
+log-densities in the data's own units.
 """
 
 import warnings

@@ -296,7 +296,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         step-size decision, so a row's score may move by about the tolerance (1e-4 nats
         measured) with the rows scored alongside it. 'float64' makes every row's score
         independent of its batch-mates to rounding.
-    standardize : bool or {'affine', 'quantile'}, default=True
+    standardize : bool or {'auto', 'affine', 'quantile'}, default='auto'
         The fixed per-feature map in front of the flow, fitted once on the training rows;
         its log-Jacobian is added to every score, so scores stay log-densities in the
         user's units. ``True`` or ``'affine'``: zero mean and unit variance. ``'quantile'``:
@@ -308,11 +308,15 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         leave, and heavy-tailed features, which a Lipschitz flow from a Gaussian cannot
         reach, become easy. Sample weights count by their ratios (scaling them all changes
         nothing; the resolution follows the effective sample size). It helps where features
-        are heavy-tailed through a per-feature non-linearity (0.1 to 9.0 nats in 10-minute
-        fits of the benchmark stand-ins, whose last step is an elementwise sinh) and hurts
-        where the dependence is elliptical, as in natural-image patches (10.8 nats worse on
-        the real BSDS300 patches at 10 minutes): compare both on validation data (README,
-        performance). ``False``: the identity.
+        are heavy-tailed through a per-feature non-linearity and hurts where the dependence
+        is elliptical, as in natural-image patches. ``'auto'``: both, each behind its own
+        flow trained for 5% of ``max_iter`` and of ``max_time`` (the first phase of
+        ``training``), are scored on held-out rows (the early-stopping validation rows, or
+        ``validation_fraction`` of the rows held out for this choice only) through the
+        evaluation solver, in the user's units; the better flow goes on training (its
+        epochs count toward ``max_iter``), the other is discarded (its time counts toward
+        ``max_time``). Without rows of positive weight on both sides of that split it is
+        'affine'. Figures: README, performance. ``False``: the identity.
     batch_size : int or 'auto', default='auto'
         Mini-batch size, ``min(512, n_samples)`` for 'auto'; clipped with a warning when
         larger than the training set. Also the chunk size when validating.
@@ -359,7 +363,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     verbose : int, default=0
         Show a progress bar with the loss and function evaluations when > 0.
     warm_start : bool, default=False
-        Continue from the fitted weights, standardisation and optimizer state.
+        Continue from the fitted weights, standardisation and optimizer state (a refit
+        keeps the map that ``standardize='auto'`` chose; no new choice is made).
 
     Attributes
     ----------
@@ -395,6 +400,11 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     stop_reason_ : str
         Why training stopped: 'converged', 'max_iter', 'max_time', 'interrupted',
         'diverged' or 'solver_failed'.
+    standardize_ : {'affine', 'quantile', 'none'}
+        The map in front of the flow (the one ``standardize='auto'`` chose).
+    standardize_scores_ : dict or None
+        With ``standardize='auto'``: each candidate map's held-out mean log-likelihood after
+        its share of training, in the user's units; else None.
     device_ : str
         The device the model lives on.
 
@@ -699,6 +709,9 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         fitted_structure = dict(self.__dict__.get("_structure", structure))
         # models saved before 'quantile' existed recorded standardize as a bool
         fitted_structure["standardize"] = _standardization_name(fitted_structure["standardize"])
+        if refit and structure["standardize"] in ("auto", self.standardize_):
+            # 'auto' keeps the map it chose; naming that map explicitly keeps it too
+            structure["standardize"] = fitted_structure["standardize"]
         if refit and fitted_structure != structure:
             changed = sorted(k for k, v in structure.items() if fitted_structure[k] != v)
             raise ValueError(
@@ -737,7 +750,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         race: _Race | None = None
         map_scores = None
         if refit:
-            kind = self.standardize_
+            kind, map_scores = self.standardize_, self.standardize_scores_
             run = self._prepared(copy.deepcopy(self.flow_), X, sample_weight, device, probe_seed)
         elif structure["standardize"] == "auto":
             kind, run, race, map_scores = self._choose_map(
@@ -751,6 +764,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
                 rng,
                 device,
                 fit_cfg,
+                start,
             )
         else:
             kind = structure["standardize"]
@@ -885,11 +899,12 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         rng: np.random.Generator,
         device: torch.device,
         fit_cfg: FitConfig,
+        start: float,
     ) -> tuple[str, _Run, _Race | None, dict[str, float] | None]:
         """``standardize='auto'``: train a flow behind each map for ``MAP_RACE_SHARE`` of
         the budget and keep the one whose held-out log-likelihood (evaluation solver, in
-        the user's units) is higher; the other's epochs are discarded."""
-        start = time.perf_counter()
+        the user's units) is higher; the other's epochs are discarded (``start``: when the
+        fit began)."""
         if self.early_stopping:
             fit_idx, held_idx = train_idx, val_idx
         else:  # rows held out for the choice only; the chosen flow then trains on all rows
@@ -933,6 +948,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
                 break
         kind, run, race = best
         race.ended = time.perf_counter() - start
+        if result.stop_reason == "interrupted":  # Ctrl-C in either race ends the fit
+            race.result.stop_reason, race.result.message = result.stop_reason, result.message
         return kind, run, race, scores
 
     def _train_hybrid(
