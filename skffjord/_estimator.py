@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -310,13 +311,14 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         nothing; the resolution follows the effective sample size). It helps where features
         are heavy-tailed through a per-feature non-linearity and hurts where the dependence
         is elliptical, as in natural-image patches. ``'auto'``: both, each behind its own
-        flow trained for 5% of ``max_iter`` and of ``max_time`` (the first phase of
-        ``training``), are scored on held-out rows (the early-stopping validation rows, or
-        ``validation_fraction`` of the rows held out for this choice only) through the
-        evaluation solver, in the user's units; the better flow goes on training (its
-        epochs count toward ``max_iter``), the other is discarded (its time counts toward
-        ``max_time``). Without rows of positive weight on both sides of that split it is
-        'affine'. Figures: README, performance. ``False``: the identity.
+        flow trained by the first phase of ``training`` (the affine one for 5% of
+        ``max_iter`` and of ``max_time``, the quantile one for as many epochs), are scored
+        on held-out rows (the early-stopping validation rows, or ``validation_fraction`` of
+        the rows held out for this choice only) through the evaluation solver, in the
+        user's units; the better flow goes on training (its epochs count toward
+        ``max_iter``), the other is discarded (its time counts toward ``max_time``).
+        Without rows of positive weight on both sides of that split it is 'affine'.
+        Figures: README, performance. ``False``: the identity.
     batch_size : int or 'auto', default='auto'
         Mini-batch size, ``min(512, n_samples)`` for 'auto'; clipped with a warning when
         larger than the training set. Also the chunk size when validating.
@@ -941,7 +943,17 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             )
             scores[kind] = guarded_validation(run.flow, data[2], data[3], race_cfg)
             scores[kind] += run.mean_log_det(held_idx)
+            if result.stop_reason in ("diverged", "solver_failed"):
+                scores[kind] = -math.inf  # a map whose flow failed is chosen only if both did
             race = _Race(result, began, time.perf_counter() - start)
+            if best is None:
+                # the second map gets as many epochs as the first had in its time, so that a
+                # busy machine cannot favour one (at most twice the time, as a safeguard)
+                race_cfg = replace(
+                    race_cfg,
+                    max_iter=max(1, result.n_iter),
+                    max_time=None if race_cfg.max_time is None else 2 * race_cfg.max_time,
+                )
             if best is None or scores[kind] > scores[best[0]]:
                 best = (kind, run, race)
             if result.stop_reason == "interrupted":

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from skffjord import FFJORDDensity
@@ -86,6 +87,63 @@ def test_history_counts_the_chosen_maps_epochs_only(training):
         phases = [h["phase"] for h in model.history_]
         assert phases[0] == "flow_matching" and phases[-1] == "likelihood"
         assert phases == sorted(phases)  # 'flow_matching' < 'likelihood'
+
+
+def test_both_maps_get_the_same_epochs(monkeypatch):
+    """The second candidate trains for as many epochs as the first got in its share of
+    ``max_time`` (equal work, whatever else the machine is doing), at most twice the time."""
+    import skffjord._estimator as estimator
+
+    calls = []
+    original = estimator.train_flow
+
+    def spy(flow, *args, **kwargs):
+        result = original(flow, *args, **kwargs)
+        calls.append((args[4], result))  # (config, result)
+        return result
+
+    monkeypatch.setattr(estimator, "train_flow", spy)
+    _fit(_heavy(np.random.default_rng(8), 4000), max_iter=10**6, max_time=4.0)
+    (first_cfg, first), (second_cfg, second) = calls[:2]
+    assert first_cfg.training == second_cfg.training == "flow_matching"
+    assert first_cfg.max_time == pytest.approx(0.2) and first_cfg.max_iter == 50_000
+    assert second_cfg.max_iter == first.n_iter and second_cfg.max_time == pytest.approx(0.4)
+    # (unless its time cap or the early-stopping patience ends it first)
+    assert second.n_iter == first.n_iter or second.stop_reason in ("max_time", "converged")
+
+
+def test_a_map_whose_flow_diverges_is_not_chosen(monkeypatch):
+    """The quantile flow's first step gets an infinite gradient: its race fails, the affine
+    flow is chosen and the fit goes on."""
+    from skffjord import _training as training
+
+    original = training.flow_matching_loss
+    calls = {"n": 0}
+
+    class _Infinite(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * float("inf")
+
+    def loss(flow, u, w, generator):
+        calls["n"] += 1
+        value = original(flow, u, w, generator)
+        return _Infinite.apply(value) if calls["n"] == 4 else value
+
+    monkeypatch.setattr(training, "flow_matching_loss", loss)
+    # 108 rows to fit (3 batches of 40), 12 held out; one race epoch each: call 4 is the
+    # quantile flow's first step
+    X = _heavy(np.random.default_rng(9), 120)
+    model = _fit(X, training="flow_matching", batch_size=40, max_iter=5, averaging_decay=None)
+    assert calls["n"] > 4
+    assert model.standardize_scores_["quantile"] == -np.inf
+    assert np.isfinite(model.standardize_scores_["affine"])
+    assert model.standardize_ == "affine" and model.stop_reason_ != "diverged"
+    assert model.n_iter_ == 5 and np.isfinite(model.score_samples(X)).all()
 
 
 def test_max_time_covers_the_race():

@@ -19,6 +19,7 @@ EXPECTED_FAILED_CHECKS: dict[str, str] = {}
         FFJORDDensity(random_state=0, **TINY),
         FFJORDDensity(random_state=0, **{**TINY, "training": "hybrid"}),
         FFJORDDensity(random_state=0, **{**TINY, "standardize": "quantile"}),
+        FFJORDDensity(random_state=0, **{**TINY, "standardize": "auto"}),
     ],
     expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
 )
