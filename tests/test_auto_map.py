@@ -9,10 +9,11 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from skffjord import FFJORDDensity
+
+from .test_training import _InfiniteGradient
 
 
 def _fit(X, **kw):
@@ -120,19 +121,10 @@ def test_a_map_whose_flow_diverges_is_not_chosen(monkeypatch):
     original = training.flow_matching_loss
     calls = {"n": 0}
 
-    class _Infinite(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, grad):
-            return grad * float("inf")
-
     def loss(flow, u, w, generator):
         calls["n"] += 1
         value = original(flow, u, w, generator)
-        return _Infinite.apply(value) if calls["n"] == 4 else value
+        return _InfiniteGradient.apply(value) if calls["n"] == 4 else value
 
     monkeypatch.setattr(training, "flow_matching_loss", loss)
     # 108 rows to fit (3 batches of 40), 12 held out; one race epoch each: call 4 is the
