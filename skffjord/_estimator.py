@@ -157,9 +157,10 @@ class _Race:
     """The first epochs of the map chosen by ``standardize='auto'``."""
 
     result: TrainingResult
-    #: Seconds from the start of the fit to the start of its epochs and to the choice.
+    #: Seconds from the start of the fit to the start of its epochs and (set once both
+    #: candidates are scored) to the choice.
     began: float
-    ended: float
+    ended: float = math.nan
 
 
 def _remaining(config: FitConfig, race: _Race | None, start: float) -> FitConfig:
@@ -949,7 +950,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             scores[kind] += run.mean_log_det(held_idx)
             if result.stop_reason in ("diverged", "solver_failed"):
                 scores[kind] = -math.inf  # a map whose flow failed is chosen only if both did
-            race = _Race(result, began, time.perf_counter() - start)
+            race = _Race(result, began)
             if best is None:
                 # the second map gets as many epochs as the first had in its time, so that a
                 # busy machine cannot favour one (at most twice the time, as a safeguard)
