@@ -22,7 +22,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from ._dynamics import ACTIVATIONS, auto_hidden_layer_sizes
 from ._flow import EvalConfig, FFJORDFlow, TrainConfig
 from ._marginal import QuantileGaussianizer, quantile_knots
-from ._ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS
+from ._ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, ROWWISE_TABLEAUS
 from ._training import FitConfig, TrainingResult, guarded_validation, train_flow
 from ._utils import make_generator, resolve_device, spawn_seeds
 
@@ -470,7 +470,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         "adjoint": ["boolean"],
         "kinetic_energy_reg": [Interval(Real, 0, None, closed="left")],
         "jacobian_reg": [Interval(Real, 0, None, closed="left")],
-        "eval_ode_solver": [StrOptions({"dopri5"} | set(FIXED_GRID_METHODS))],
+        "eval_ode_solver": [StrOptions(set(ROWWISE_TABLEAUS) | set(FIXED_GRID_METHODS))],
         "eval_atol": [Interval(Real, 0, None, closed="neither")],
         "eval_rtol": [Interval(Real, 0, None, closed="neither")],
         "eval_ode_solver_params": [dict, None],
@@ -611,10 +611,10 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             self._validate_params()
         options = dict(self.eval_ode_solver_params or {})
         max_steps = int(options.pop("max_num_steps", 10000))
-        if self.eval_ode_solver == "dopri5" and options:
+        if self.eval_ode_solver in ROWWISE_TABLEAUS and options:
             raise ValueError(
-                f"eval_ode_solver_params for 'dopri5' accept only 'max_num_steps', got "
-                f"{sorted(options)}."
+                f"eval_ode_solver_params for {self.eval_ode_solver!r} accept only "
+                f"'max_num_steps', got {sorted(options)}."
             )
         return EvalConfig(
             method=self.eval_ode_solver,

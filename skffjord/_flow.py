@@ -315,6 +315,7 @@ class CNFBlock(nn.Module):
                 atol=config.atol,
                 rtol=config.rtol,
                 max_num_steps=config.max_num_steps,
+                method=config.method,
             )
         return y1[:, :-1], y1[:, -1], nfe
 
@@ -345,6 +346,7 @@ class CNFBlock(nn.Module):
                 atol=config.atol,
                 rtol=config.rtol,
                 max_num_steps=config.max_num_steps,
+                method=config.method,
             )[0]
 
 

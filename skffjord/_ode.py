@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +12,7 @@ from torchdiffeq import odeint, odeint_adjoint
 __all__ = [
     "ADAPTIVE_METHODS",
     "FIXED_GRID_METHODS",
+    "ROWWISE_TABLEAUS",
     "SolverError",
     "integrate",
     "integrate_rowwise",
@@ -166,20 +168,85 @@ def integrate(
     return tuple(s[-1] for s in out)
 
 
-# Dormand-Prince 5(4) tableau.
-_DP_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
-_DP_A = (
-    (),
-    (1 / 5,),
-    (3 / 40, 9 / 40),
-    (44 / 45, -56 / 15, 32 / 9),
-    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+@dataclass(frozen=True)
+class _Tableau:
+    """An explicit embedded Runge-Kutta pair whose last stage is evaluated at the new state
+    (first same as last), so a step costs ``len(c) - 1`` new evaluations."""
+
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    e: tuple[float, ...]  # b minus the embedded weights: the local error estimate
+    error_order: int  # the estimate is O(h ** error_order)
+
+
+_DOPRI5 = _Tableau(
+    c=(0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0),
+    a=(
+        (),
+        (1 / 5,),
+        (3 / 40, 9 / 40),
+        (44 / 45, -56 / 15, 32 / 9),
+        (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+        (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+        (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+    ),
+    b=(35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0),
+    e=(
+        35 / 384 - 5179 / 57600,
+        0.0,
+        500 / 1113 - 7571 / 16695,
+        125 / 192 - 393 / 640,
+        -2187 / 6784 + 92097 / 339200,
+        11 / 84 - 187 / 2100,
+        -1 / 40,
+    ),
+    error_order=5,
 )
-_DP_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
-_DP_B_LOW = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
-_DP_E = tuple(b - bl for b, bl in zip(_DP_B, _DP_B_LOW, strict=True))
+
+# Tsitouras (2011), "Runge-Kutta pairs of order 5(4) satisfying only the first column
+# simplifying assumption", Comput. Math. Appl. 62(2); coefficients to double precision.
+_TSIT5_B = (
+    0.09646076681806523,
+    0.01,
+    0.4798896504144996,
+    1.379008574103742,
+    -3.290069515436081,
+    2.324710524099774,
+    0.0,
+)
+_TSIT5 = _Tableau(
+    c=(0.0, 0.161, 0.327, 0.9, 0.9800255409045097, 1.0, 1.0),
+    a=(
+        (),
+        (0.161,),
+        (-0.008480655492356989, 0.335480655492357),
+        (2.8971530571054935, -6.359448489975075, 4.3622954328695815),
+        (5.325864828439257, -11.748883564062828, 7.4955393428898365, -0.09249506636175525),
+        (
+            5.86145544294642,
+            -12.92096931784711,
+            8.159367898576159,
+            -0.071584973281401,
+            -0.028269050394068383,
+        ),
+        _TSIT5_B[:6],
+    ),
+    b=_TSIT5_B,
+    e=(
+        0.00178001105222577714,
+        0.0008164344596567469,
+        -0.007880878010261995,
+        0.1447110071732629,
+        -0.5823571654525552,
+        0.45808210592918697,
+        -1 / 66,
+    ),
+    error_order=5,
+)
+
+#: The per-row solver's methods (``integrate_rowwise(method=...)``).
+ROWWISE_TABLEAUS = {"dopri5": _DOPRI5, "tsit5": _TSIT5}
 
 
 def _rms(x: Tensor) -> Tensor:
@@ -199,8 +266,11 @@ def integrate_rowwise(
     rtol: float,
     max_num_steps: int = 10000,
     safety: float = 0.9,
+    method: str = "dopri5",
+    pi_beta: float = 0.0,
+    stats: dict | None = None,
 ) -> tuple[Tensor, int]:
-    """Dormand-Prince 5(4) with a step size of its own for every row.
+    """An embedded Runge-Kutta 5(4) pair with a step size of its own for every row.
 
     Adaptive solvers for batched states usually share one step size across the whole
     batch, so a row's result depends on its batch-mates. Here each row is an independent
@@ -222,6 +292,16 @@ def integrate_rowwise(
         Cap on the attempted steps of any row.
     safety : float
         Step-size safety factor.
+    method : {'dopri5', 'tsit5'}
+        Dormand-Prince 5(4) or Tsitouras 5(4).
+    pi_beta : float
+        Weight of the previous accepted step's error in a proportional-integral step-size
+        controller (Gustafsson; 0.04 is Hairer's choice for Dormand-Prince); 0 gives the
+        classical controller.
+    stats : dict or None
+        When given, receives ``row_evaluations`` (the sum over function evaluations of the
+        rows evaluated: the solve's work), ``attempted`` and ``rejected`` (steps summed
+        over rows).
 
     Returns
     -------
@@ -234,6 +314,11 @@ def integrate_rowwise(
     SolverError
         When a row needs more than ``max_num_steps`` steps or its state turns non-finite.
     """
+    if method not in ROWWISE_TABLEAUS:
+        raise ValueError(f"Unknown per-row method {method!r}; use one of {list(ROWWISE_TABLEAUS)}.")
+    tab = ROWWISE_TABLEAUS[method]
+    n_stages = len(tab.c)
+    alpha = 1 / tab.error_order - 0.75 * pi_beta
     n = y0.shape[0]
     dtype, device = y0.dtype, y0.device
     span = t1 - t0
@@ -277,18 +362,21 @@ def integrate_rowwise(
 
     active = torch.arange(n, device=device)
     steps = torch.zeros(n, dtype=torch.int64, device=device)
+    previous = torch.ones(n, dtype=torch.float64, device=device)
+    work, attempted, rejected = 2 * n, 0, 0
     while active.numel() > 0:
         if int(steps.max()) >= max_num_steps:
             raise SolverError(f"the per-row solver reached its step cap ({max_num_steps} steps)")
         h = torch.minimum(h, length - tau)
         hd = h.to(dtype).unsqueeze(1)
         ks = [k1]
-        for i in range(1, 7):
-            yi = y + hd * sum(a * k for a, k in zip(_DP_A[i], ks, strict=True) if a != 0.0)
-            ks.append(f(tau + _DP_C[i] * h, yi))
-        nfe += 6
-        y_new = y + hd * sum(b * k for b, k in zip(_DP_B, ks, strict=True) if b != 0.0)
-        err = hd * sum(e * k for e, k in zip(_DP_E, ks, strict=True) if e != 0.0)
+        for i in range(1, n_stages):
+            yi = y + hd * sum(a * k for a, k in zip(tab.a[i], ks, strict=True) if a != 0.0)
+            ks.append(f(tau + tab.c[i] * h, yi))
+        nfe += n_stages - 1
+        work += (n_stages - 1) * active.numel()
+        y_new = y + hd * sum(b * k for b, k in zip(tab.b, ks, strict=True) if b != 0.0)
+        err = hd * sum(e * k for e, k in zip(tab.e, ks, strict=True) if e != 0.0)
         tol = atol + rtol * torch.maximum(y.abs(), y_new.abs())
         ratio = (err / tol).abs().amax(dim=-1).to(torch.float64)
         if not (torch.isfinite(y_new).all() and torch.isfinite(ratio).all()):
@@ -298,28 +386,34 @@ def integrate_rowwise(
             ratio = torch.where(bad, torch.full_like(ratio, 1e10), ratio)
         accept = ratio <= 1.0
         steps += 1
-        factor = torch.where(
-            ratio == 0,
-            torch.full_like(ratio, 10.0),
-            safety * ratio.clamp_min(1e-300) ** (-1 / 5),
-        ).clamp(0.2, 10.0)
+        attempted += active.numel()
+        rejected += int((~accept).sum())
+        factor = safety * ratio.clamp_min(1e-300) ** (-alpha)
+        if pi_beta:
+            # the previous accepted error enters only after an accepted step
+            factor = torch.where(accept, factor * previous**pi_beta, factor)
+            previous = torch.where(accept, ratio.clamp_min(1e-4), previous)
+        factor = torch.where(ratio == 0, torch.full_like(ratio, 10.0), factor).clamp(0.2, 10.0)
         if (~accept).any() and bool((h[~accept] * 0.2 <= 1e-14 * length).any()):
             raise SolverError("the adaptive step size underflowed (the dynamics became stiff)")
         tau = torch.where(accept, tau + h, tau)
         acc = accept.unsqueeze(1)
         y = torch.where(acc, y_new, y)
-        k1 = torch.where(acc, ks[6], k1)  # first same as last
+        k1 = torch.where(acc, ks[-1], k1)  # first same as last
         h = h * factor
         done = accept & (tau >= length * (1 - 1e-12))
         if done.any():
             y1[active[done]] = y[done]
             keep = ~done
-            active, tau, y, k1, h, steps = (
+            active, tau, y, k1, h, steps, previous = (
                 active[keep],
                 tau[keep],
                 y[keep],
                 k1[keep],
                 h[keep],
                 steps[keep],
+                previous[keep],
             )
+    if stats is not None:
+        stats.update(row_evaluations=work, attempted=attempted, rejected=rejected)
     return y1, nfe
