@@ -204,49 +204,12 @@ _DOPRI5 = _Tableau(
     error_order=5,
 )
 
-# Tsitouras (2011), "Runge-Kutta pairs of order 5(4) satisfying only the first column
-# simplifying assumption", Comput. Math. Appl. 62(2); coefficients to double precision.
-_TSIT5_B = (
-    0.09646076681806523,
-    0.01,
-    0.4798896504144996,
-    1.379008574103742,
-    -3.290069515436081,
-    2.324710524099774,
-    0.0,
-)
-_TSIT5 = _Tableau(
-    c=(0.0, 0.161, 0.327, 0.9, 0.9800255409045097, 1.0, 1.0),
-    a=(
-        (),
-        (0.161,),
-        (-0.008480655492356989, 0.335480655492357),
-        (2.8971530571054935, -6.359448489975075, 4.3622954328695815),
-        (5.325864828439257, -11.748883564062828, 7.4955393428898365, -0.09249506636175525),
-        (
-            5.86145544294642,
-            -12.92096931784711,
-            8.159367898576159,
-            -0.071584973281401,
-            -0.028269050394068383,
-        ),
-        _TSIT5_B[:6],
-    ),
-    b=_TSIT5_B,
-    e=(
-        0.00178001105222577714,
-        0.0008164344596567469,
-        -0.007880878010261995,
-        0.1447110071732629,
-        -0.5823571654525552,
-        0.45808210592918697,
-        -1 / 66,
-    ),
-    error_order=5,
-)
-
 #: The per-row solver's methods (``integrate_rowwise(method=...)``).
-ROWWISE_TABLEAUS = {"dopri5": _DOPRI5, "tsit5": _TSIT5}
+#: Tsitouras 5(4), Dormand-Prince 8(7) and a proportional-integral step-size controller were
+#: measured here and lost to Dormand-Prince 5(4) with the classical controller on a trained
+#: POWER-shaped model at the default tolerances: 14%, 127% and 5% more evaluations
+#: (README, performance; ``benchmarks/results/session22/solver_variants.txt``).
+ROWWISE_TABLEAUS = {"dopri5": _DOPRI5}
 
 
 def _rms(x: Tensor) -> Tensor:
@@ -267,10 +230,9 @@ def integrate_rowwise(
     max_num_steps: int = 10000,
     safety: float = 0.9,
     method: str = "dopri5",
-    pi_beta: float = 0.0,
     stats: dict | None = None,
 ) -> tuple[Tensor, int]:
-    """An embedded Runge-Kutta 5(4) pair with a step size of its own for every row.
+    """Dormand-Prince 5(4) with a step size of its own for every row.
 
     Adaptive solvers for batched states usually share one step size across the whole
     batch, so a row's result depends on its batch-mates. Here each row is an independent
@@ -292,12 +254,8 @@ def integrate_rowwise(
         Cap on the attempted steps of any row.
     safety : float
         Step-size safety factor.
-    method : {'dopri5', 'tsit5'}
-        Dormand-Prince 5(4) or Tsitouras 5(4).
-    pi_beta : float
-        Weight of the previous accepted step's error in a proportional-integral step-size
-        controller (Gustafsson; 0.04 is Hairer's choice for Dormand-Prince); 0 gives the
-        classical controller.
+    method : {'dopri5'}
+        The embedded pair, a key of :data:`ROWWISE_TABLEAUS`.
     stats : dict or None
         When given, receives ``row_evaluations`` (the sum over function evaluations of the
         rows evaluated: the solve's work), ``attempted`` and ``rejected`` (steps summed
@@ -318,7 +276,6 @@ def integrate_rowwise(
         raise ValueError(f"Unknown per-row method {method!r}; use one of {list(ROWWISE_TABLEAUS)}.")
     tab = ROWWISE_TABLEAUS[method]
     n_stages = len(tab.c)
-    alpha = 1 / tab.error_order - 0.75 * pi_beta
     n = y0.shape[0]
     dtype, device = y0.dtype, y0.device
     span = t1 - t0
@@ -362,7 +319,6 @@ def integrate_rowwise(
 
     active = torch.arange(n, device=device)
     steps = torch.zeros(n, dtype=torch.int64, device=device)
-    previous = torch.ones(n, dtype=torch.float64, device=device)
     work, attempted, rejected = 2 * n, 0, 0
     while active.numel() > 0:
         if int(steps.max()) >= max_num_steps:
@@ -388,12 +344,11 @@ def integrate_rowwise(
         steps += 1
         attempted += active.numel()
         rejected += int((~accept).sum())
-        factor = safety * ratio.clamp_min(1e-300) ** (-alpha)
-        if pi_beta:
-            # the previous accepted error enters only after an accepted step
-            factor = torch.where(accept, factor * previous**pi_beta, factor)
-            previous = torch.where(accept, ratio.clamp_min(1e-4), previous)
-        factor = torch.where(ratio == 0, torch.full_like(ratio, 10.0), factor).clamp(0.2, 10.0)
+        factor = torch.where(
+            ratio == 0,
+            torch.full_like(ratio, 10.0),
+            safety * ratio.clamp_min(1e-300) ** (-1 / tab.error_order),
+        ).clamp(0.2, 10.0)
         if (~accept).any() and bool((h[~accept] * 0.2 <= 1e-14 * length).any()):
             raise SolverError("the adaptive step size underflowed (the dynamics became stiff)")
         tau = torch.where(accept, tau + h, tau)
@@ -405,14 +360,13 @@ def integrate_rowwise(
         if done.any():
             y1[active[done]] = y[done]
             keep = ~done
-            active, tau, y, k1, h, steps, previous = (
+            active, tau, y, k1, h, steps = (
                 active[keep],
                 tau[keep],
                 y[keep],
                 k1[keep],
                 h[keep],
                 steps[keep],
-                previous[keep],
             )
     if stats is not None:
         stats.update(row_evaluations=work, attempted=attempted, rejected=rejected)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import scipy.linalg
@@ -12,7 +10,7 @@ import torch
 from torch import nn
 
 from skffjord._flow import EvalConfig, FFJORDFlow, TrainConfig
-from skffjord._ode import integrate_rowwise as _integrate_rowwise
+from skffjord._ode import integrate_rowwise
 
 
 class LinearField(nn.Module):
@@ -140,15 +138,13 @@ def test_every_parameter_gets_a_gradient():
     assert last.hyper_bias.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize(("method", "pi_beta"), [("dopri5", 0.0), ("tsit5", 0.0), ("tsit5", 0.04)])
-def test_rowwise_solver_matches_analytic_and_is_row_independent(method, pi_beta):
+def test_rowwise_solver_matches_analytic_and_is_row_independent():
     M = torch.as_tensor(A)
     y0 = torch.as_tensor(np.random.default_rng(4).normal(size=(40, 3)) * [1, 10, 0.1])
 
     def func(t, y):
         return y @ M.T * (1 + t)  # time-dependent linear ODE
 
-    integrate_rowwise = functools.partial(_integrate_rowwise, method=method, pi_beta=pi_beta)
     y1, nfe = integrate_rowwise(func, y0, 0.0, 1.3, atol=1e-10, rtol=1e-10)
     # y(t) = expm(A (t + t^2/2)) y0
     expected = y0.numpy() @ scipy.linalg.expm(A * (1.3 + 1.3**2 / 2)).T
@@ -163,14 +159,14 @@ def test_rowwise_solver_matches_analytic_and_is_row_independent(method, pi_beta)
     np.testing.assert_allclose(back.numpy(), y0.numpy(), rtol=1e-8, atol=1e-9)
     # fifth order: 10^5 times tighter tolerances cost about 10 times the steps (a method
     # of order 1 to 4 would need 10^5 to 10^1.25 times as many; a wrong coefficient in
-    # the tableau gave 19 to 294)
+    # the tableau (one of Tsitouras' pair's, perturbed by 0.01) gave 19 to 294)
     coarse = {}
     _, nfe_coarse = integrate_rowwise(func, y0, 0.0, 1.3, atol=1e-5, rtol=1e-5, stats=coarse)
     assert 4 < nfe / nfe_coarse < 12
     assert coarse["rejected"] <= coarse["attempted"]
     assert coarse["row_evaluations"] >= 40 * nfe_coarse / 2  # rows drop out as they finish
     with pytest.raises(ValueError, match="Unknown per-row method"):
-        _integrate_rowwise(func, y0, 0.0, 1.0, atol=1e-6, rtol=1e-6, method="rk45")
+        integrate_rowwise(func, y0, 0.0, 1.0, atol=1e-6, rtol=1e-6, method="rk45")
 
 
 def test_log_prob_does_not_depend_on_batch_mates():
