@@ -342,8 +342,9 @@ def integrate_rowwise(
             ratio = torch.where(bad, torch.full_like(ratio, 1e10), ratio)
         accept = ratio <= 1.0
         steps += 1
-        attempted += active.numel()
-        rejected += int((~accept).sum())
+        if stats is not None:  # a count costs a reduction and a sync per step
+            attempted += active.numel()
+            rejected += int((~accept).sum())
         factor = torch.where(
             ratio == 0,
             torch.full_like(ratio, 10.0),
