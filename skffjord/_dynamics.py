@@ -26,14 +26,17 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 def auto_hidden_layer_sizes(n_features: int) -> tuple[int, int]:
-    """Two hidden layers of width ``4 d`` rounded up to a multiple of 64, within [128, 512].
+    """Two hidden layers of width ``8 d`` rounded up to a multiple of 64, within [128, 256].
 
-    Chosen from side-by-side fits (``benchmarks/peers.py``, README): width 64 was clearly
-    too narrow at d=43, while at d=6 widths 64 and 256 fitted equally well and 64 scored
-    faster. Two layers keep the closed-form exact trace.
+    Chosen from 10-minute side-by-side fits (``benchmarks/peers.py``, README, sessions 22
+    and 23). Wider fitted better where d is moderate: at d=21, 192 beat 128 by 0.39-0.53 nats;
+    at d=43, 256 beat 192 by 0.50 and 384 by 1.84, but 384 scored 2.4 times slower (below
+    ten times zuko's exact CNF) while 256 stayed at 12 times. The cap: at d=63, 512 gained
+    0.28 nats on a synthetic stand-in and lost 2.5 on real image patches. The floor: at
+    d=6, 64 lost 0.34 nats to 128. Two layers keep the closed-form exact trace.
     """
-    width = 64 * math.ceil(4 * n_features / 64)
-    width = min(512, max(128, width))
+    width = 64 * math.ceil(8 * n_features / 64)
+    width = min(256, max(128, width))
     return (width, width)
 
 

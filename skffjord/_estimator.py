@@ -205,8 +205,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     Parameters
     ----------
     hidden_layer_sizes : tuple of int or 'auto', default='auto'
-        Widths of the hidden layers of ``f``. ``'auto'`` gives two layers of width ``4 d``
-        rounded up to a multiple of 64 and kept within [128, 512] (how this was chosen:
+        Widths of the hidden layers of ``f``. ``'auto'`` gives two layers of width ``8 d``
+        rounded up to a multiple of 64 and kept within [128, 256] (how this was chosen:
         README, performance). With at most two hidden layers the exact trace has a closed
         form as cheap as a forward pass. A hidden layer narrower than the data is a
         bottleneck: the Hutchinson probe is then drawn there (lower variance).

@@ -594,9 +594,11 @@ def test_defaults_hybrid_auto_width_four_rk4_steps_and_rnode(X):
     from skffjord._dynamics import auto_hidden_layer_sizes
 
     assert auto_hidden_layer_sizes(2) == (128, 128)
-    assert auto_hidden_layer_sizes(43) == (192, 192)
+    assert auto_hidden_layer_sizes(8) == (128, 128)
+    assert auto_hidden_layer_sizes(21) == (192, 192)
+    assert auto_hidden_layer_sizes(43) == (256, 256)
     assert auto_hidden_layer_sizes(63) == (256, 256)
-    assert auto_hidden_layer_sizes(500) == (512, 512)
+    assert auto_hidden_layer_sizes(500) == (256, 256)
     model = FFJORDDensity(max_iter=4, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
