@@ -221,7 +221,7 @@ class VectorField(nn.Module):
         return f, trace
 
     def forward_with_trace_and_jvp(
-        self, t: Tensor, z: Tensor, v: Tensor
+        self, t: Tensor, z: Tensor, v: Tensor, rows: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`forward_with_trace` plus the Jacobian-vector product ``(df/dz) v`` per row.
 
@@ -230,8 +230,11 @@ class VectorField(nn.Module):
         evaluation of the field, with no vector-Jacobian product and so no second-order
         graph when it is differentiated (RNODE's Frobenius penalty ``|J v|^2``, an unbiased
         estimate of ``|J|_F^2`` for Rademacher or Gaussian ``v``).
+
+        ``rows`` (indices into ``z``'s rows, one per row of ``v``) takes the product at
+        those rows only, at a share of the cost; ``None``: ``v`` has a row for every row.
         """
-        return self._forward_with_trace(t, z, v)  # type: ignore[return-value]
+        return self._forward_with_trace(t, z, v, rows)  # type: ignore[return-value]
 
     def forward_with_trace_into(
         self, t: Tensor, z: Tensor, workspace: dict[str, Tensor]
@@ -312,7 +315,7 @@ class VectorField(nn.Module):
         return len(self.layers) == 3 and self.activation in ("softplus", "tanh")
 
     def _forward_with_trace(
-        self, t: Tensor, z: Tensor, v: Tensor | None
+        self, t: Tensor, z: Tensor, v: Tensor | None, rows: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         if not self.has_closed_form_trace:
             raise ValueError("The closed-form trace needs at most two hidden layers.")
@@ -328,7 +331,7 @@ class VectorField(nn.Module):
                 slope = activation_derivative(self.activation, pre, h)
                 slopes.append(slope * gate)
                 if v is not None:
-                    v = v * slopes[-1]
+                    v = v * (slopes[-1] if rows is None else slopes[-1][rows])
             else:
                 h = pre
         weights = [layer.linear.weight for layer in self.layers]

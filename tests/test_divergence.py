@@ -184,6 +184,25 @@ def test_closed_form_trace_is_differentiable_and_refuses_deep_fields():
 
 
 @pytest.mark.parametrize("hidden", [(), (7,), (9, 5)])
+def test_closed_form_jvp_at_a_subset_of_rows(hidden):
+    """With ``rows``, the product is J v at those rows only, equal to the full product's
+    rows there, and the field and trace are those of every row."""
+    d = 4
+    field, gen = _fully_random_field(d, hidden, "softplus", seed=6)
+    z = torch.randn(9, d, dtype=torch.float64, generator=gen)
+    t = torch.rand(9, 1, dtype=torch.float64, generator=gen)
+    v = torch.randn(9, d, dtype=torch.float64, generator=gen)
+    rows = torch.tensor([7, 2, 4])
+    f, trace, jv = field.forward_with_trace_and_jvp(t, z, v)
+    f_sub, trace_sub, jv_sub = field.forward_with_trace_and_jvp(t, z, v[rows], rows)
+    assert jv_sub.shape == (3, d)
+    np.testing.assert_allclose(jv_sub.detach().numpy(), jv[rows].detach().numpy(), rtol=1e-14)
+    np.testing.assert_allclose(f_sub.detach().numpy(), f.detach().numpy(), rtol=1e-14)
+    np.testing.assert_allclose(trace_sub.detach().numpy(), trace.detach().numpy(), rtol=1e-14)
+    assert not np.allclose(jv[rows].detach().numpy(), jv[:3].detach().numpy())
+
+
+@pytest.mark.parametrize("hidden", [(), (7,), (9, 5)])
 @pytest.mark.parametrize("activation", ["softplus", "tanh"])
 def test_closed_form_jvp_matches_the_autograd_jacobian(hidden, activation):
     """``forward_with_trace_and_jvp`` gives J v per row (time per row too), the same field

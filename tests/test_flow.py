@@ -191,6 +191,37 @@ def test_to_data_inverts_to_latent():
     np.testing.assert_allclose(flow.to_latent(x, cfg).numpy(), z.numpy(), atol=1e-6)
 
 
+def test_jacobian_penalty_at_a_share_of_rows_is_unbiased(monkeypatch):
+    """The Jacobian penalty taken at a random quarter of the rows, weighted up by 4, has
+    the mean of the penalty at every row (the probe's draws averaged out), zero at the
+    rows left out, and the log-density of the full solve."""
+    import skffjord._flow as flow_module
+
+    flow = _flow(3, hidden=(16, 16))
+    _randomize_last_layers(flow, scale=1.0)
+    x = torch.as_tensor(np.random.default_rng(8).normal(size=(64, 3)))
+    cfg = TrainConfig(method="rk4", trace_estimator="exact", jacobian_reg=1.0)
+    block = flow.blocks[0]
+
+    def penalties(share, seed):
+        monkeypatch.setattr(flow_module, "JACOBIAN_PENALTY_SHARE", share)
+        with torch.no_grad():
+            _, div, reg, dyn = block.forward_train(x, cfg, torch.Generator().manual_seed(seed))
+        return div.numpy(), reg.numpy(), dyn
+
+    div_full, _, dyn_full = penalties(1.0, 0)
+    assert dyn_full.probe_rows is None and dyn_full.probe.shape == (64, 3)
+    div_share, reg_share, dyn = penalties(0.25, 0)
+    assert dyn.probe.shape == (16, 3) and dyn.probe_rows.unique().numel() == 16
+    np.testing.assert_allclose(div_share, div_full, rtol=1e-12)
+    left_out = np.setdiff1d(np.arange(64), dyn.probe_rows.numpy())
+    assert np.all(reg_share[left_out] == 0) and np.all(reg_share[dyn.probe_rows.numpy()] > 0)
+    full = np.mean([penalties(1.0, s)[1].mean() for s in range(100)])
+    share = np.array([penalties(0.25, s)[1].mean() for s in range(100)])
+    assert abs(share.mean() - full) < 3 * share.std() / np.sqrt(share.size)
+    assert share.std() > 0.01 * full  # really a random subset
+
+
 def test_regulariser_states_are_left_out_of_error_control():
     """Adding the penalty states must not change the adaptive solver's steps."""
     flow = _flow(3, hidden=(16, 16))
