@@ -195,7 +195,9 @@ class VectorField(nn.Module):
                 h = self.activations[i](h)
                 if i == self.bottleneck_index:
                     bottleneck = h
-        return h, bottleneck
+        # under mixed precision (torch.autocast) the last product comes out in the lower
+        # precision; the solver's states stay in z's
+        return h.to(z.dtype), bottleneck
 
     @property
     def has_closed_form_trace(self) -> bool:
@@ -342,4 +344,5 @@ class VectorField(nn.Module):
             trace = slopes[0] @ diag
         else:
             trace = ((slopes[1] @ self._trace_kernel()) * slopes[0]).sum(-1)
-        return h, trace, v
+        # in z's precision also under mixed precision (torch.autocast), as the solver's states
+        return h.to(z.dtype), trace.to(z.dtype), None if v is None else v.to(z.dtype)

@@ -24,7 +24,7 @@ from ._flow import EvalConfig, FFJORDFlow, TrainConfig
 from ._marginal import QuantileGaussianizer, quantile_knots
 from ._ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, ROWWISE_TABLEAUS
 from ._training import FitConfig, TrainingResult, guarded_validation, train_flow
-from ._utils import make_generator, resolve_device, spawn_seeds
+from ._utils import make_generator, resolve_device, resolve_train_dtype, spawn_seeds
 
 __all__ = ["FFJORDDensity"]
 
@@ -298,6 +298,17 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         step-size decision, so a row's score may move by about the tolerance (1e-4 nats
         measured) with the rows scored alongside it. 'float64' makes every row's score
         independent of its batch-mates to rounding.
+    train_dtype : {'auto', 'float32', 'bfloat16'}, default='auto'
+        Precision of the training steps. 'bfloat16' is mixed precision (``torch.autocast``):
+        the matrix products of the flow-matching steps and of the likelihood training
+        solves run in bfloat16, while the weights, the ODE states, the losses and Adam stay
+        float32; validation, the ``solver_gap`` and all scoring stay in float32 (or
+        ``eval_dtype``). On a CPU with bfloat16 instructions (AVX512-BF16 or AMX) those
+        products are about four times as fast, likelihood steps about 1.25 times, and a
+        10-minute MINIBOONE-shaped fit gained 0.36 nats (README, performance); elsewhere
+        bfloat16 is emulated and slower. 'auto': 'bfloat16' on such a CPU, 'float32'
+        otherwise (GPUs included: not measured there). The choice is in
+        ``train_dtype_``.
     standardize : bool or {'auto', 'affine', 'quantile'}, default='auto'
         The fixed per-feature map in front of the flow, fitted once on the training rows;
         its log-Jacobian is added to every score, so scores stay log-densities in the
@@ -414,6 +425,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         its share of training, in the user's units; else None.
     device_ : str
         The device the model lives on.
+    train_dtype_ : {'float32', 'bfloat16'}
+        The training precision used (what ``train_dtype='auto'`` chose).
 
     See Also
     --------
@@ -475,6 +488,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         "eval_rtol": [Interval(Real, 0, None, closed="neither")],
         "eval_ode_solver_params": [dict, None],
         "eval_dtype": [StrOptions({"float32", "float64"})],
+        "train_dtype": [StrOptions({"auto", "float32", "bfloat16"})],
         "standardize": ["boolean", StrOptions({"auto", "affine", "quantile"})],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
@@ -517,6 +531,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         eval_rtol: float = 1e-5,
         eval_ode_solver_params: dict | None = None,
         eval_dtype: str = "float32",
+        train_dtype: str = "auto",
         standardize: bool | str = "auto",
         batch_size: int | str = "auto",
         learning_rate_init: float = 1e-3,
@@ -555,6 +570,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self.eval_rtol = eval_rtol
         self.eval_ode_solver_params = eval_ode_solver_params
         self.eval_dtype = eval_dtype
+        self.train_dtype = train_dtype
         self.standardize = standardize
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
@@ -682,6 +698,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         train_cfg = self._train_config(hidden)
         self._eval_config(validate=False)  # checks the eval options; params validated above
         device = resolve_device(self.device)
+        train_dtype = resolve_train_dtype(self.train_dtype, device)
         rs = check_random_state(self.random_state)
         init_seed, data_seed, probe_seed = spawn_seeds(rs, 3)
         rng = np.random.default_rng(data_seed)
@@ -752,6 +769,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             # in the training precision (the flow being trained is float32)
             validation_solver=eval_cfg,
             refine_solver_gap=REFINE_SOLVER_GAP,
+            autocast_dtype=torch.bfloat16 if train_dtype == "bfloat16" else None,
         )
         start = time.perf_counter()
         race: _Race | None = None
@@ -809,6 +827,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         flow.marginal = None if marginal is None else marginal.to(device=device)
         self.flow_ = flow
         self.device_ = str(device)
+        self.train_dtype_ = train_dtype
         self.history_ = result.history
         self.n_iter_ = result.n_iter
         self.loss_curve_ = [h["train_loss"] for h in result.history]

@@ -7,7 +7,14 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["DeviceWarning", "make_generator", "resolve_device", "spawn_seeds"]
+__all__ = [
+    "DeviceWarning",
+    "has_native_bfloat16",
+    "make_generator",
+    "resolve_device",
+    "resolve_train_dtype",
+    "spawn_seeds",
+]
 
 
 class DeviceWarning(UserWarning):
@@ -63,6 +70,37 @@ def resolve_device(device: str, *, fallback: bool = False) -> torch.device:
     elif dev.type != "cpu":
         raise ValueError(f"Unsupported device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'.")
     return dev
+
+
+def has_native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX).
+
+    Without such instructions PyTorch emulates bfloat16 products, which is no faster than
+    float32 (and on AVX2-only CPUs much slower).
+    """
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    for name in checks:
+        check = getattr(cpu, name, None)
+        try:
+            if check is not None and check():
+                return True
+        except Exception:  # noqa: BLE001 - a private probe; absent means "no"
+            continue
+    return False
+
+
+def resolve_train_dtype(train_dtype: str, device: torch.device) -> str:
+    """Turn ``train_dtype`` ('auto', 'float32' or 'bfloat16') into 'float32' or 'bfloat16'.
+
+    'auto' is 'bfloat16' on a CPU with native bfloat16 products (:func:`has_native_bfloat16`)
+    and 'float32' elsewhere, GPUs included (not measured there).
+    """
+    if train_dtype != "auto":
+        return train_dtype
+    if device.type == "cpu" and has_native_bfloat16():
+        return "bfloat16"
+    return "float32"
 
 
 def spawn_seeds(random_state: np.random.RandomState, n: int) -> list[int]:

@@ -100,3 +100,89 @@ def test_an_infinite_gradient_stops_the_fit_and_keeps_the_last_good_weights(monk
         torch.testing.assert_close(kept.detach(), before.to(kept.dtype), rtol=0, atol=0)
     assert any(not torch.equal(a, b) for a, b in zip(seen[2], seen[3], strict=True))
     assert np.isfinite(model.score_samples(X)).all()
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize(
+    ("train_dtype", "expected"), [("bfloat16", torch.bfloat16), ("float32", None)]
+)
+def test_training_steps_run_under_autocast_and_validation_does_not(
+    monkeypatch, train_dtype, expected
+):
+    """train_dtype='bfloat16' autocasts the training steps' forward passes (flow matching
+    and the likelihood solves) and nothing else; 'float32' autocasts nothing."""
+    seen: dict[str, set] = {"steps": set(), "validation": set()}
+
+    def precision():
+        return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+
+    def recording(kind, function):
+        def wrapped(*args, **kwargs):
+            seen[kind].add(precision())
+            return function(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(
+        training, "flow_matching_loss", recording("steps", training.flow_matching_loss)
+    )
+    monkeypatch.setattr(
+        training.FFJORDFlow,
+        "train_log_prob",
+        recording("steps", training.FFJORDFlow.train_log_prob),
+    )
+    monkeypatch.setattr(
+        training, "guarded_validation", recording("validation", training.guarded_validation)
+    )
+    monkeypatch.setattr(training, "solver_gap", recording("validation", training.solver_gap))
+    monkeypatch.setattr(
+        training,
+        "flow_matching_validation_loss",
+        recording("validation", training.flow_matching_validation_loss),
+    )
+    X = np.random.default_rng(0).normal(size=(300, 3))
+    model = FFJORDDensity(
+        hidden_layer_sizes=(16, 16), max_iter=4, early_stopping=True, random_state=0,
+        train_dtype=train_dtype, standardize="affine",
+    )  # fmt: skip
+    model.fit(X)
+    assert model.train_dtype_ == train_dtype
+    # train_log_prob also scores the solver gap's training-solver pass, without autocast
+    assert expected in seen["steps"]
+    assert seen["validation"] == {None}
+    if expected is None:
+        assert seen["steps"] == {None}
+
+
+def test_field_under_autocast_returns_its_input_precision():
+    """Under bfloat16 autocast the field's products run in bfloat16 but f, the trace and the
+    Jacobian product come back in z's precision, within bfloat16 rounding of float32."""
+    from skffjord._dynamics import VectorField
+
+    gen = torch.Generator().manual_seed(0)
+    field = VectorField(5, (64, 64), generator=gen)
+    with torch.no_grad():
+        field.layers[-1].linear.weight.normal_(0, 0.3, generator=gen)
+    z, t = torch.randn(32, 5, generator=gen), torch.rand(32, 1, generator=gen)
+    v = torch.randn(32, 5, generator=gen)
+    exact = field.forward_with_trace_and_jvp(t, z, v)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = field.forward_with_trace_and_jvp(t, z, v)
+        plain = field(t, z)
+    for a, b in zip((*mixed, plain), (*exact, exact[0]), strict=True):
+        assert a.dtype == torch.float32
+        err = float((a - b).detach().abs().max() / b.detach().abs().max())
+        assert 1e-5 < err < 3e-2  # bfloat16's rounding (8 bits), not float32's
+
+
+def test_train_dtype_auto_follows_the_hardware(monkeypatch):
+    from skffjord import _utils
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(_utils, "has_native_bfloat16", lambda: True)
+    assert _utils.resolve_train_dtype("auto", cpu) == "bfloat16"
+    assert _utils.resolve_train_dtype("auto", cuda) == "float32"
+    assert _utils.resolve_train_dtype("float32", cpu) == "float32"
+    monkeypatch.setattr(_utils, "has_native_bfloat16", lambda: False)
+    assert _utils.resolve_train_dtype("auto", cpu) == "float32"
+    assert _utils.resolve_train_dtype("bfloat16", cpu) == "bfloat16"
