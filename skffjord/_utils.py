@@ -90,15 +90,27 @@ def has_native_bfloat16() -> bool:
     return False
 
 
-def resolve_train_dtype(train_dtype: str, device: torch.device) -> str:
+#: Narrowest widest-hidden-layer at which ``train_dtype='auto'`` trains in bfloat16. Below
+#: it a likelihood step is bound by per-operation overhead, not by its matrix products:
+#: bfloat16 took 0.87-1.24 times float32's time per step at width 128 (d = 6, 8), against
+#: 1.22x faster at 192 (d = 21) and 1.46-1.81x at 256 (d = 63, 43)
+#: (``benchmarks/step_cost.py``, README, performance, session 24).
+BFLOAT16_MIN_WIDTH = 192
+
+
+def resolve_train_dtype(
+    train_dtype: str, device: torch.device, hidden_layer_sizes: tuple[int, ...]
+) -> str:
     """Turn ``train_dtype`` ('auto', 'float32' or 'bfloat16') into 'float32' or 'bfloat16'.
 
     'auto' is 'bfloat16' on a CPU with native bfloat16 products (:func:`has_native_bfloat16`)
-    and 'float32' elsewhere, GPUs included (not measured there).
+    for a network whose widest hidden layer has at least :data:`BFLOAT16_MIN_WIDTH` units,
+    and 'float32' otherwise, GPUs included (not measured there).
     """
     if train_dtype != "auto":
         return train_dtype
-    if device.type == "cpu" and has_native_bfloat16():
+    wide = max(hidden_layer_sizes, default=0) >= BFLOAT16_MIN_WIDTH
+    if device.type == "cpu" and wide and has_native_bfloat16():
         return "bfloat16"
     return "float32"
 

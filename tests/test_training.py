@@ -179,10 +179,28 @@ def test_train_dtype_auto_follows_the_hardware(monkeypatch):
     from skffjord import _utils
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    wide, narrow = (256, 256), (128, 128)
     monkeypatch.setattr(_utils, "has_native_bfloat16", lambda: True)
-    assert _utils.resolve_train_dtype("auto", cpu) == "bfloat16"
-    assert _utils.resolve_train_dtype("auto", cuda) == "float32"
-    assert _utils.resolve_train_dtype("float32", cpu) == "float32"
+    assert _utils.resolve_train_dtype("auto", cpu, wide) == "bfloat16"
+    assert _utils.resolve_train_dtype("auto", cpu, (32, 192)) == "bfloat16"
+    assert _utils.resolve_train_dtype("auto", cpu, narrow) == "float32"  # overhead-bound
+    assert _utils.resolve_train_dtype("auto", cpu, ()) == "float32"
+    assert _utils.resolve_train_dtype("auto", cuda, wide) == "float32"
+    assert _utils.resolve_train_dtype("float32", cpu, wide) == "float32"
     monkeypatch.setattr(_utils, "has_native_bfloat16", lambda: False)
-    assert _utils.resolve_train_dtype("auto", cpu) == "float32"
-    assert _utils.resolve_train_dtype("bfloat16", cpu) == "bfloat16"
+    assert _utils.resolve_train_dtype("auto", cpu, wide) == "float32"
+    assert _utils.resolve_train_dtype("bfloat16", cpu, narrow) == "bfloat16"
+
+
+def test_auto_precision_of_a_fit(monkeypatch):
+    """'auto' on a CPU with bfloat16 instructions: bfloat16 for a wide field, float32 for a
+    narrow one, as ``train_dtype_`` reports."""
+    from skffjord import _utils
+
+    monkeypatch.setattr(_utils, "has_native_bfloat16", lambda: True)
+    X = np.random.default_rng(0).normal(size=(64, 2))
+    for hidden, expected in (((192,), "bfloat16"), ((16, 16), "float32")):
+        model = FFJORDDensity(hidden_layer_sizes=hidden, max_iter=1, random_state=0)
+        with pytest.warns(ConvergenceWarning):
+            model.fit(X)
+        assert model.train_dtype_ == expected
