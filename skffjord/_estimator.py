@@ -1241,6 +1241,10 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             # saved before 'auto' existed: the map is the one the structure names
             self.standardize_ = _standardization_name(self._structure["standardize"])
             self.standardize_scores_ = None
+        if "train_dtype" not in self.__dict__:  # saved before train_dtype existed
+            self.train_dtype = "auto"
+            if "flow_" in self.__dict__:
+                self.train_dtype_ = "float32"  # what it was trained in
         if "flow_" in self.__dict__:
             device = resolve_device(self.__dict__.get("device_", "cpu"), fallback=True)
             self.flow_ = self.flow_.to(device)

@@ -204,3 +204,17 @@ def test_auto_precision_of_a_fit(monkeypatch):
         with pytest.warns(ConvergenceWarning):
             model.fit(X)
         assert model.train_dtype_ == expected
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_models_pickled_before_train_dtype_existed_still_score_and_refit():
+    import pickle
+
+    X = np.random.default_rng(1).normal(size=(80, 2))
+    model = FFJORDDensity(hidden_layer_sizes=(8,), max_iter=1, random_state=0).fit(X)
+    expected = model.score_samples(X)
+    del model.__dict__["train_dtype"], model.__dict__["train_dtype_"]
+    old = pickle.loads(pickle.dumps(model))
+    assert old.train_dtype == "auto" and old.train_dtype_ == "float32"
+    np.testing.assert_array_equal(old.score_samples(X), expected)
+    assert old.fit(X).train_dtype_ in ("float32", "bfloat16")
