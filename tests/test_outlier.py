@@ -36,9 +36,28 @@ EXPECTED_FAILED_CHECKS = {
 }
 
 
+#: With float32 scoring a row's score may move by rounding with the rows scored alongside it
+#: (a rounding difference can tip a step-size decision: ``eval_dtype``), and the threshold
+#: ``offset_`` is a percentile of the training rows' own scores, so the check's rows next to
+#: it can flip between -1 and 1 when predicted in subsets; whether one does depends on the
+#: fitted weights (it did after session 24's change to the random draws of training).
+#: With ``eval_dtype='float64'`` scores do not depend on batch-mates, and the check passes.
+FLOAT32_FAILED_CHECKS = {
+    **EXPECTED_FAILED_CHECKS,
+    "check_methods_subset_invariance": (
+        "float32 scores move by rounding with their batch-mates, and rows at the threshold flip"
+    ),
+}
+
+
 @parametrize_with_checks(
-    [FFJORDOutlierDetector(random_state=0, **TINY)],
-    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+    [
+        FFJORDOutlierDetector(random_state=0, **TINY),
+        FFJORDOutlierDetector(random_state=0, **{**TINY, "eval_dtype": "float64"}),
+    ],
+    expected_failed_checks=lambda est: (
+        EXPECTED_FAILED_CHECKS if est.eval_dtype == "float64" else FLOAT32_FAILED_CHECKS
+    ),
 )
 def test_sklearn_compatible_outlier_detector(estimator, check):
     with warnings.catch_warnings():
