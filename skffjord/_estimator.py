@@ -308,10 +308,11 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         ``eval_dtype``). On a CPU with bfloat16 instructions (AVX512-BF16 or AMX) those
         products are about four times as fast and likelihood steps of widths 192 to 256
         1.2 to 1.8 times (README, performance); at width 128 a step is bound by overheads
-        and no faster, and where the CPU lacks those instructions bfloat16 is emulated and
-        slower. 'auto': 'bfloat16' on such a CPU when the widest hidden layer has at least
-        192 units, else 'float32' (GPUs included: not measured there). The choice is in
-        ``train_dtype_``; the same seed can fit differently on machines of other kinds.
+        and no faster, and where the CPU lacks those instructions bfloat16 is emulated
+        (expected to be slower; not measured). 'auto': 'bfloat16' on such a CPU when the
+        widest hidden layer has at least 192 units, else 'float32' (GPUs included: not
+        measured there). The choice is in ``train_dtype_``; the same seed can fit
+        differently on machines of other kinds.
     standardize : bool or {'auto', 'affine', 'quantile'}, default='auto'
         The fixed per-feature map in front of the flow, fitted once on the training rows;
         its log-Jacobian is added to every score, so scores stay log-densities in the

@@ -75,8 +75,8 @@ def resolve_device(device: str, *, fallback: bool = False) -> torch.device:
 def has_native_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX).
 
-    Without such instructions PyTorch emulates bfloat16 products, which is no faster than
-    float32 (and on AVX2-only CPUs much slower).
+    Without such instructions PyTorch emulates bfloat16 products, which we expect to be no
+    faster than float32 (not measured: the development machine has the instructions).
     """
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
