@@ -181,11 +181,13 @@ class _TrainingDynamics(nn.Module):
         if self.regularize:
             kinetic = f.pow(2).sum(-1)
             frobenius = torch.zeros_like(kinetic)
-            if product is not None and self.probe_rows is None:
-                frobenius = product.pow(2).sum(-1)
-            elif product is not None:  # a random share of the rows, weighted up: unbiased
-                share = self.probe_rows.numel() / kinetic.shape[0]
-                frobenius = frobenius.index_add(0, self.probe_rows, product.pow(2).sum(-1) / share)
+            if product is not None:
+                squares = product.pow(2).sum(-1)
+                if self.probe_rows is None:
+                    frobenius = squares
+                else:  # a random share of the rows, weighted up by its inverse: unbiased
+                    weight = kinetic.shape[0] / self.probe_rows.numel()
+                    frobenius = frobenius.index_add(0, self.probe_rows, squares * weight)
             out = (*out, kinetic, frobenius)
         return out
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -157,7 +156,7 @@ class WeightAverage:
         torch._foreach_copy_(self.params, self.average)
 
 
-def _autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager:
+def _autocast(dtype: torch.dtype | None, device: torch.device) -> AbstractContextManager:
     """``torch.autocast`` to ``dtype`` on ``device``'s type, or nothing for ``None``."""
     if dtype is None:
         return nullcontext()
