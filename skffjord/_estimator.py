@@ -343,7 +343,19 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         Mini-batch size, ``min(512, n_samples)`` for 'auto'; clipped with a warning when
         larger than the training set. Also the chunk size when validating.
     learning_rate_init : float, default=1e-3
-        Adam's step size.
+        Adam's (initial) step size.
+    learning_rate : {'adaptive', 'constant'}, default='adaptive'
+        Step-size schedule of the maximum-likelihood epochs (``training='likelihood'`` and
+        the second phase of ``'hybrid'``; flow matching always uses
+        ``learning_rate_init``). ``'constant'`` keeps ``learning_rate_init``.
+        ``'adaptive'`` (as in scikit-learn's ``MLPRegressor``) multiplies the step size by
+        0.3 whenever ``min(4, n_iter_no_change)`` epochs in a row make no progress (the
+        validation score with ``early_stopping``, else the training loss), going on from
+        the best-validation weights so far, at most three times; training then stops
+        only when the lowest step size stalls for ``n_iter_no_change`` epochs. With
+        ``max_time``, a phase that has not stalled by 80% of its time gets one reduction
+        then. ``history_`` reports each epoch's step size. How this was chosen: README,
+        performance.
     alpha : float, default=0.0
         L2 penalty (Adam's weight decay).
     averaging_decay : float or None, default=0.999
@@ -405,10 +417,11 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         early stopping; ``-inf`` where that solver failed),
         ``nfe`` and ``nfe_backward`` (function evaluations per training solve, forward
         and in the adjoint's backward pass), ``n_steps`` (optimizer steps),
-        ``solver_gap`` (mean log-likelihood of 256 fixed training rows through the
-        training solver minus through the evaluation solver, both exact trace, after the
-        epoch; NaN in flow-matching epochs: a large positive gap means the fit exploits a
-        coarse training solver) and ``time`` (seconds since the fit started).
+        ``learning_rate`` (Adam's step size in the epoch), ``solver_gap`` (mean
+        log-likelihood of 256 fixed training rows through the training solver minus
+        through the evaluation solver, both exact trace, after the epoch; NaN in
+        flow-matching epochs: a large positive gap means the fit exploits a coarse training
+        solver) and ``time`` (seconds since the fit started).
     loss_curve_ : list of float
         ``train_loss`` per epoch.
     validation_scores_ : list of float or None
@@ -496,6 +509,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         "standardize": ["boolean", StrOptions({"auto", "affine", "quantile"})],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "learning_rate": [StrOptions({"adaptive", "constant"})],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "averaging_decay": [Interval(Real, 0, 1, closed="neither"), None],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
@@ -539,6 +553,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         standardize: bool | str = "auto",
         batch_size: int | str = "auto",
         learning_rate_init: float = 1e-3,
+        learning_rate: str = "adaptive",
         alpha: float = 0.0,
         averaging_decay: float | None = 0.999,
         max_iter: int = 100,
@@ -578,6 +593,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self.standardize = standardize
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
+        self.learning_rate = learning_rate
         self.alpha = alpha
         self.averaging_decay = averaging_decay
         self.max_iter = max_iter
@@ -759,6 +775,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         fit_cfg = FitConfig(
             batch_size=int(batch_size),
             learning_rate_init=float(self.learning_rate_init),
+            learning_rate=self.learning_rate,
             alpha=float(self.alpha),
             averaging_decay=None if self.averaging_decay is None else float(self.averaging_decay),
             max_iter=int(self.max_iter),
@@ -952,6 +969,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             training="likelihood" if self.training == "likelihood" else "flow_matching",
             max_iter=max(1, round(MAP_RACE_SHARE * fit_cfg.max_iter)),
             max_time=None if fit_cfg.max_time is None else MAP_RACE_SHARE * fit_cfg.max_time,
+            learning_rate="constant",  # both maps alike; the winner's fit starts the schedule
         )
         scores: dict[str, float] = {}
         best: tuple[str, _Run, _Race] | None = None
@@ -1246,6 +1264,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             self.train_dtype = "auto"
             if "flow_" in self.__dict__:
                 self.train_dtype_ = "float32"  # what it was trained in
+        if "learning_rate" not in self.__dict__:  # saved before learning_rate existed
+            self.learning_rate = "constant"  # the schedule it was fitted with
         if "flow_" in self.__dict__:
             device = resolve_device(self.__dict__.get("device_", "cpu"), fallback=True)
             self.flow_ = self.flow_.to(device)

@@ -18,6 +18,19 @@ from ._ode import SolverError, solver_error_from
 
 __all__ = ["FitConfig", "TrainingFailure", "TrainingResult", "train_flow"]
 
+#: ``learning_rate='adaptive'``, in maximum-likelihood epochs: after this many epochs in a
+#: row without progress (validation score, or training loss without validation; at most
+#: ``n_iter_no_change``) the step size is multiplied by :data:`LR_FACTOR`, from the best
+#: weights so far, at most :data:`LR_MAX_REDUCTIONS` times; the fit stops only when the
+#: lowest step size stalls too. A MINIBOONE-shaped 10-minute fit that had stalled at -24.05
+#: (validation) reached -24.46 within 60 s of its first reduction (README, performance).
+LR_PATIENCE = 4
+LR_FACTOR = 0.3
+LR_MAX_REDUCTIONS = 3
+#: With ``max_time``, a likelihood phase that has not stalled by this share of its time gets
+#: one reduction then: a short low step size at the end of a fit cut by the clock.
+LR_LATE_SHARE = 0.8
+
 
 @dataclass(frozen=True)
 class FitConfig:
@@ -58,6 +71,9 @@ class FitConfig:
     #: bfloat16, with weights, ODE states, losses and the optimizer in float32. ``None``:
     #: float32 throughout. Validation and the solver gap are never autocast.
     autocast_dtype: torch.dtype | None = None
+    #: ``'adaptive'``: lower Adam's step size when likelihood epochs stall, and once late in
+    #: a timed phase (:data:`LR_PATIENCE`); ``'constant'``: ``learning_rate_init`` throughout.
+    learning_rate: str = "constant"
 
 
 @dataclass
@@ -102,6 +118,30 @@ class _Checkpoint:
     @torch.no_grad()
     def restore(self) -> None:
         torch._foreach_copy_(self.params, self.saved)
+
+
+class _StepSizeSchedule:
+    """``learning_rate='adaptive'`` in maximum-likelihood epochs (see :data:`LR_PATIENCE`)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: FitConfig) -> None:
+        self.optimizer = optimizer
+        self.active = config.learning_rate == "adaptive" and config.training == "likelihood"
+        self.patience = min(LR_PATIENCE, config.n_iter_no_change)
+        self.late = None if config.max_time is None else LR_LATE_SHARE * config.max_time
+        self.reductions = 0
+
+    def lowered(self, no_improve: int, elapsed: float) -> bool:
+        """Lower the step size after an epoch if it stalled long enough (or, never lowered
+        yet, the phase is late); whether it did."""
+        if not self.active or self.reductions >= LR_MAX_REDUCTIONS:
+            return False
+        late = self.reductions == 0 and self.late is not None and elapsed >= self.late
+        if no_improve < self.patience and not late:
+            return False
+        for group in self.optimizer.param_groups:
+            group["lr"] *= LR_FACTOR
+        self.reductions += 1
+        return True
 
 
 def _all_finite(tensors: list[Tensor]) -> bool:
@@ -328,6 +368,7 @@ def train_flow(
     best_score = -math.inf
     best_gap = last_gap = math.nan  # solver_gap of the best / the last epoch's weights
     no_improve = 0
+    schedule = _StepSizeSchedule(optimizer, config)
     start = time.perf_counter()
     progress = None
     if config.verbose:
@@ -401,6 +442,7 @@ def train_flow(
                 "n_steps": n_batches,
                 "solver_gap": math.nan,
                 "time": time.perf_counter() - start,
+                "learning_rate": optimizer.param_groups[0]["lr"],
             }
             # the weights judged (and kept as the best) are the average's, when there is one
             with average.applied() if average is not None else nullcontext():
@@ -444,6 +486,12 @@ def train_flow(
             if time_up:
                 result.stop_reason = "max_time"
                 break
+            # (not while every validation has failed: the step size is not what is wrong)
+            scored = not use_validation or best_score > -math.inf
+            if scored and schedule.lowered(no_improve, time.perf_counter() - start):
+                no_improve = 0
+                if use_validation:
+                    flow.load_state_dict(best_state)  # go on from the best weights so far
             if no_improve >= config.n_iter_no_change:
                 result.stop_reason = "converged"
                 break

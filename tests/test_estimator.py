@@ -54,7 +54,7 @@ def test_fit_returns_self_and_sets_attributes(X):
     assert model.n_features_in_ == 3
     assert model.n_iter_ == 2 and len(model.history_) == 2
     assert set(model.history_[0]) >= {
-        "epoch", "train_loss", "valid_score", "nfe", "solver_gap", "time"
+        "epoch", "train_loss", "valid_score", "nfe", "solver_gap", "time", "learning_rate"
     }  # fmt: skip
     assert model.history_[0]["nfe"] == 8  # rk4, 2 steps of 4 evaluations
     assert model.loss_curve_ == [h["train_loss"] for h in model.history_]

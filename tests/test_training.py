@@ -207,14 +207,143 @@ def test_auto_precision_of_a_fit(monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-def test_models_pickled_before_train_dtype_existed_still_score_and_refit():
+def test_models_pickled_before_train_dtype_and_learning_rate_existed_still_work():
     import pickle
 
     X = np.random.default_rng(1).normal(size=(80, 2))
     model = FFJORDDensity(hidden_layer_sizes=(8,), max_iter=1, random_state=0).fit(X)
     expected = model.score_samples(X)
     del model.__dict__["train_dtype"], model.__dict__["train_dtype_"]
+    del model.__dict__["learning_rate"]
     old = pickle.loads(pickle.dumps(model))
     assert old.train_dtype == "auto" and old.train_dtype_ == "float32"
+    assert old.learning_rate == "constant"  # the schedule such a model was fitted with
     np.testing.assert_array_equal(old.score_samples(X), expected)
     assert old.fit(X).train_dtype_ in ("float32", "bfloat16")
+
+
+def _schedule(learning_rate="adaptive", training_kind="likelihood", n_iter_no_change=10, **kw):
+    from skffjord._flow import TrainConfig
+
+    config = training.FitConfig(
+        batch_size=8,
+        learning_rate_init=1e-3,
+        alpha=0.0,
+        max_iter=100,
+        max_time=kw.get("max_time"),
+        tol=1e-4,
+        n_iter_no_change=n_iter_no_change,
+        shuffle=True,
+        solver=TrainConfig(method="rk4"),
+        training=training_kind,
+        learning_rate=learning_rate,
+    )
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+    return training._StepSizeSchedule(optimizer, config), optimizer
+
+
+def test_adaptive_step_size_drops_after_the_patience_and_at_most_three_times():
+    schedule, optimizer = _schedule()
+    assert not schedule.lowered(training.LR_PATIENCE - 1, 0.0)
+    assert optimizer.param_groups[0]["lr"] == 1e-3
+    rates = []
+    for _ in range(5):
+        lowered = schedule.lowered(training.LR_PATIENCE, 0.0)
+        rates.append((lowered, optimizer.param_groups[0]["lr"]))
+    expected = [1e-3 * training.LR_FACTOR**k for k in (1, 2, 3, 3, 3)]
+    assert [r[0] for r in rates] == [True, True, True, False, False]
+    np.testing.assert_allclose([r[1] for r in rates], expected, rtol=1e-12)
+    # the patience never exceeds the stopping rule's, so a reduction comes before the stop
+    short, opt_short = _schedule(n_iter_no_change=2)
+    assert short.lowered(2, 0.0) and opt_short.param_groups[0]["lr"] < 1e-3
+
+
+def test_adaptive_step_size_drops_once_late_in_a_timed_phase_that_never_stalled():
+    schedule, optimizer = _schedule(max_time=10.0)
+    assert not schedule.lowered(0, 0.79 * 10.0)
+    assert schedule.lowered(0, 0.81 * 10.0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * training.LR_FACTOR)
+    assert not schedule.lowered(0, 9.9)  # once
+    # a phase that has already stalled and dropped gets no extra drop for being late
+    stalled, optimizer = _schedule(max_time=10.0)
+    assert stalled.lowered(training.LR_PATIENCE, 1.0)
+    assert not stalled.lowered(0, 9.0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * training.LR_FACTOR)
+
+
+@pytest.mark.parametrize(
+    ("learning_rate", "training_kind"),
+    [("constant", "likelihood"), ("adaptive", "flow_matching")],
+)
+def test_step_size_stays_put_when_constant_or_flow_matching(learning_rate, training_kind):
+    schedule, optimizer = _schedule(learning_rate, training_kind, max_time=1.0)
+    assert not schedule.lowered(50, 100.0)
+    assert optimizer.param_groups[0]["lr"] == 1e-3
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("learning_rate", ["adaptive", "constant"])
+def test_a_stalled_fit_lowers_the_step_size_from_the_best_weights(monkeypatch, learning_rate):
+    from skffjord._flow import FFJORDFlow
+
+    # validation improves for two epochs and then stalls: with 'adaptive' the step size
+    # drops after epoch 2 + LR_PATIENCE, and training goes on from epoch 2's weights
+    scores = iter([-5.0, -4.0] + [-4.0] * 20)
+    validated, loaded = [], []
+
+    def fake_validation(flow, *args, **kwargs):
+        validated.append({k: v.detach().clone() for k, v in flow.state_dict().items()})
+        return next(scores)
+
+    original_load = FFJORDFlow.load_state_dict
+
+    def recording_load(self, state, *args, **kwargs):
+        loaded.append({k: v.detach().clone() for k, v in state.items()})
+        return original_load(self, state, *args, **kwargs)
+
+    monkeypatch.setattr(training, "guarded_validation", fake_validation)
+    monkeypatch.setattr(FFJORDFlow, "load_state_dict", recording_load)
+    X = np.random.default_rng(0).normal(size=(100, 2))
+    model = FFJORDDensity(
+        hidden_layer_sizes=(8,),
+        training="likelihood",
+        standardize="affine",
+        early_stopping=True,
+        learning_rate=learning_rate,
+        max_iter=9,
+        batch_size=30,
+        random_state=0,
+    )
+    model.fit(X)
+    rates = [h["learning_rate"] for h in model.history_]
+    drop = 2 + training.LR_PATIENCE  # the epoch after which the step size drops
+    if learning_rate == "constant":
+        assert rates == [1e-3] * 9
+        assert len(loaded) == 1  # only the final restore of the best weights
+        return
+    np.testing.assert_allclose(rates, [1e-3] * drop + [1e-3 * training.LR_FACTOR] * (9 - drop))
+    assert len(loaded) == 2  # the restore at the drop, and the final one
+    for name, value in loaded[0].items():
+        torch.testing.assert_close(value, validated[1][name], rtol=0, atol=0)
+    # training went on after the restore: later weights differ from the restored ones
+    assert any(not torch.equal(validated[-1][k], v) for k, v in loaded[0].items())
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_the_map_race_runs_at_a_constant_step_size(monkeypatch):
+    import skffjord._estimator as estimator
+
+    seen = []
+    original = estimator.train_flow
+
+    def recording(flow, *args, **kwargs):
+        config = next(a for a in args if isinstance(a, training.FitConfig))
+        seen.append((config.training, config.learning_rate, config.max_iter))
+        return original(flow, *args, **kwargs)
+
+    monkeypatch.setattr(estimator, "train_flow", recording)
+    X = np.random.default_rng(0).normal(size=(120, 2))
+    FFJORDDensity(hidden_layer_sizes=(8,), training="likelihood", max_iter=40, random_state=0).fit(
+        X
+    )
+    assert [s[1] for s in seen] == ["constant", "constant", "adaptive"]
