@@ -142,6 +142,8 @@ def run_ffjord_single_fit(train, val, test, budget, seed, **params):
         standardize_scores=getattr(model, "standardize_scores_", None),
         # training minus evaluation solver, nats per row, after each likelihood epoch
         solver_gaps=[(h["time"], h.get("solver_gap")) for h in likelihood],
+        # Adam's step size in each likelihood epoch (learning_rate='adaptive' lowers it)
+        learning_rates=[(h["time"], h.get("learning_rate")) for h in likelihood],
     )
 
 

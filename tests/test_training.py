@@ -243,31 +243,45 @@ def _schedule(learning_rate="adaptive", training_kind="likelihood", n_iter_no_ch
 
 
 def test_adaptive_step_size_drops_after_the_patience_and_at_most_three_times():
-    schedule, optimizer = _schedule()
-    assert not schedule.lowered(training.LR_PATIENCE - 1, 0.0)
+    schedule, optimizer = _schedule()  # 100 epochs, untimed: drops from epoch 50 on
+    assert not schedule.lowered(training.LR_PATIENCE - 1, 0.0, 60)
     assert optimizer.param_groups[0]["lr"] == 1e-3
     rates = []
     for _ in range(5):
-        lowered = schedule.lowered(training.LR_PATIENCE, 0.0)
+        lowered = schedule.lowered(training.LR_PATIENCE, 0.0, 60)
         rates.append((lowered, optimizer.param_groups[0]["lr"]))
     expected = [1e-3 * training.LR_FACTOR**k for k in (1, 2, 3, 3, 3)]
     assert [r[0] for r in rates] == [True, True, True, False, False]
     np.testing.assert_allclose([r[1] for r in rates], expected, rtol=1e-12)
     # the patience never exceeds the stopping rule's, so a reduction comes before the stop
     short, opt_short = _schedule(n_iter_no_change=2)
-    assert short.lowered(2, 0.0) and opt_short.param_groups[0]["lr"] < 1e-3
+    assert short.lowered(2, 0.0, 60) and opt_short.param_groups[0]["lr"] < 1e-3
+
+
+@pytest.mark.parametrize("max_time", [None, 10.0])
+def test_adaptive_step_size_never_drops_in_the_first_half_of_the_budget(max_time):
+    schedule, optimizer = _schedule(max_time=max_time)
+    half = training.LR_EARLIEST_SHARE * (100 if max_time is None else max_time)
+    before, after = (half - 1, half) if max_time is None else (half - 0.01, half)
+    if max_time is None:
+        assert not schedule.lowered(50, 1e9, int(before))  # epochs count, not seconds
+        assert schedule.lowered(training.LR_PATIENCE, 0.0, int(after))
+    else:
+        assert not schedule.lowered(50, before, 10**6)  # seconds count, not epochs
+        assert schedule.lowered(training.LR_PATIENCE, after, 0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * training.LR_FACTOR)
 
 
 def test_adaptive_step_size_drops_once_late_in_a_timed_phase_that_never_stalled():
     schedule, optimizer = _schedule(max_time=10.0)
-    assert not schedule.lowered(0, 0.79 * 10.0)
-    assert schedule.lowered(0, 0.81 * 10.0)
+    assert not schedule.lowered(0, 0.79 * 10.0, 1)
+    assert schedule.lowered(0, 0.81 * 10.0, 1)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * training.LR_FACTOR)
-    assert not schedule.lowered(0, 9.9)  # once
+    assert not schedule.lowered(0, 9.9, 1)  # once
     # a phase that has already stalled and dropped gets no extra drop for being late
     stalled, optimizer = _schedule(max_time=10.0)
-    assert stalled.lowered(training.LR_PATIENCE, 1.0)
-    assert not stalled.lowered(0, 9.0)
+    assert stalled.lowered(training.LR_PATIENCE, 6.0, 1)
+    assert not stalled.lowered(0, 9.0, 1)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * training.LR_FACTOR)
 
 
@@ -277,7 +291,7 @@ def test_adaptive_step_size_drops_once_late_in_a_timed_phase_that_never_stalled(
 )
 def test_step_size_stays_put_when_constant_or_flow_matching(learning_rate, training_kind):
     schedule, optimizer = _schedule(learning_rate, training_kind, max_time=1.0)
-    assert not schedule.lowered(50, 100.0)
+    assert not schedule.lowered(50, 100.0, 100)
     assert optimizer.param_groups[0]["lr"] == 1e-3
 
 
