@@ -350,13 +350,13 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         ``learning_rate_init``). ``'constant'`` keeps ``learning_rate_init``.
         ``'adaptive'`` (as in scikit-learn's ``MLPRegressor``) multiplies the step size by
         0.3 whenever ``min(4, n_iter_no_change)`` epochs in a row make no progress (the
-        validation score with ``early_stopping``, else the training loss), going on from
-        the best-validation weights so far, at most three times, but never in the first
-        half of the phase's budget (of its ``max_time`` or of its epochs, whichever is
-        further along); training then stops only when the lowest step size stalls for
-        ``n_iter_no_change`` epochs. A phase that has not stalled by 80% of its budget
-        gets one reduction then. ``history_`` reports each epoch's step size. How this
-        was chosen: README, performance.
+        validation score with ``early_stopping``, else the training loss), at most three
+        times (with ``early_stopping``, training goes on from the best-validation
+        weights), but never in the first half of the phase's budget (of its ``max_time``
+        or of its epochs, whichever is further along); training then stops only when the
+        lowest step size stalls for ``n_iter_no_change`` epochs. A phase that has not
+        stalled by 80% of its budget gets one reduction then. ``history_`` reports each
+        epoch's step size. How this was chosen: README, performance.
     alpha : float, default=0.0
         L2 penalty (Adam's weight decay).
     averaging_decay : float or None, default=0.999

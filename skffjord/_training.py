@@ -20,10 +20,11 @@ __all__ = ["FitConfig", "TrainingFailure", "TrainingResult", "train_flow"]
 
 #: ``learning_rate='adaptive'``, in maximum-likelihood epochs: after this many epochs in a
 #: row without progress (validation score, or training loss without validation; at most
-#: ``n_iter_no_change``) the step size is multiplied by :data:`LR_FACTOR`, from the best
-#: weights so far, at most :data:`LR_MAX_REDUCTIONS` times; the fit stops only when the
-#: lowest step size stalls too. A MINIBOONE-shaped 10-minute fit that had stalled at -24.05
-#: (validation) reached -24.46 within 60 s of its first reduction (README, performance).
+#: ``n_iter_no_change``) the step size is multiplied by :data:`LR_FACTOR` (going on from the
+#: best-validation weights when there is validation), at most :data:`LR_MAX_REDUCTIONS`
+#: times; the fit stops only when the lowest step size stalls too. A MINIBOONE-shaped
+#: 10-minute fit that had stalled at -24.05 (validation) reached -24.46 within 60 s of its
+#: first reduction (README, performance).
 LR_PATIENCE = 4
 LR_FACTOR = 0.3
 LR_MAX_REDUCTIONS = 3

@@ -222,7 +222,9 @@ def test_models_pickled_before_train_dtype_and_learning_rate_existed_still_work(
     assert old.fit(X).train_dtype_ in ("float32", "bfloat16")
 
 
-def _schedule(learning_rate="adaptive", training_kind="likelihood", n_iter_no_change=10, **kw):
+def _schedule(
+    learning_rate="adaptive", training_kind="likelihood", n_iter_no_change=10, max_time=None
+):
     from skffjord._flow import TrainConfig
 
     config = training.FitConfig(
@@ -230,7 +232,7 @@ def _schedule(learning_rate="adaptive", training_kind="likelihood", n_iter_no_ch
         learning_rate_init=1e-3,
         alpha=0.0,
         max_iter=100,
-        max_time=kw.get("max_time"),
+        max_time=max_time,
         tol=1e-4,
         n_iter_no_change=n_iter_no_change,
         shuffle=True,
