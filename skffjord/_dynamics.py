@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -52,6 +51,29 @@ def activation_derivative(name: str, pre: Tensor, out: Tensor) -> Tensor:
         s = torch.sigmoid(pre)
         return s * (1 + pre * (1 - s))
     raise ValueError(f"Unknown activation {name!r}.")
+
+
+#: Pre-activations below this are raised to it before the scoring path's softplus: there
+#: ``sigmoid`` is still a normal float32 (about 1.8e-35), so its log is finite, and softplus
+#: and its slope are zero to within 1e-34 either way.
+SOFTPLUS_FLOOR = -80.0
+
+
+def _softplus_and_slope_(pre: Tensor, slope: Tensor, scratch: Tensor) -> tuple[Tensor, Tensor]:
+    """Softplus of ``pre`` and its slope ``sigmoid(pre)``, from one sigmoid and one log:
+    ``softplus(x) = x - log(sigmoid(x))``. ``pre`` is overwritten with the softplus and
+    returned with ``slope``; ``scratch`` is clobbered (all three shaped alike).
+
+    On a CPU without AVX-512 (AVX2, 2 threads) this took 438 us against 688 us for
+    ``F.softplus`` plus ``sigmoid`` on 2,000 x 128 float32 values, with the same worst error
+    against float64 (5.6e-7 vs 5.3e-7, values up to |x| = 20: the difference is off by a
+    rounding of ``x``); on an AVX-512 CPU the two routes cost about the same (sigmoid 35 us,
+    log 120-137, softplus 165). README, performance. For the scoring path; the training
+    forward keeps ``nn.Softplus``.
+    """
+    pre.clamp_min_(SOFTPLUS_FLOOR)
+    torch.sigmoid(pre, out=slope)
+    return pre.sub_(torch.log(slope, out=scratch)), slope
 
 
 def _uniform_(tensor: Tensor, bound: float, generator: torch.Generator | None) -> None:
@@ -265,7 +287,7 @@ class VectorField(nn.Module):
         if not workspace or workspace["act0"].shape[0] < n or workspace["act0"].dtype != z.dtype:
             workspace.clear()
             for i, layer in enumerate(self.layers[:2]):
-                for name in ("pre", "gate", "act"):
+                for name in ("pre", "gate", "act", "log"):
                     workspace[f"{name}{i}"] = z.new_empty(n, layer.linear.out_features)
             workspace["product"] = z.new_empty(n, self.layers[0].linear.out_features)
             with torch.no_grad():
@@ -286,14 +308,12 @@ class VectorField(nn.Module):
                     out=workspace[f"gate{i}"][:n] if t.shape[0] == n else None,
                 ).sigmoid_()
                 pre.mul_(gate).addcmul_(t, layer.hyper_bias.weight.T)
-                act = workspace[f"act{i}"][:n]
                 if self.activation == "softplus":
-                    # F.softplus is the ATen builtin, which takes ``out=`` (beta, threshold
-                    # as nn.Softplus's defaults, so values match the training forward).
-                    F.softplus(pre, 1.0, 20.0, out=act)
-                    slope = pre.sigmoid_()  # the pre-activation is not needed any more
+                    act, slope = _softplus_and_slope_(
+                        pre, workspace[f"act{i}"][:n], workspace[f"log{i}"][:n]
+                    )
                 else:  # tanh
-                    torch.tanh(pre, out=act)
+                    act = torch.tanh(pre, out=workspace[f"act{i}"][:n])
                     slope = torch.mul(act, act, out=pre).neg_().add_(1)
                 slopes.append(slope.mul_(gate))
                 h = act

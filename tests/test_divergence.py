@@ -291,3 +291,30 @@ def test_workspace_scoring_path_refuses_other_fields():
         assert not field.has_fast_scoring_path
         with pytest.raises(ValueError, match="two hidden layers, softplus or tanh"):
             field.forward_with_trace_into(torch.tensor(0.0), z, {})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scoring_softplus_and_slope_match_float64_everywhere(dtype):
+    """The scoring path's ``softplus(x) = x - log(sigmoid(x))`` is within a few roundings of
+    ``max(|x|, 1)`` of float64's softplus, its slope is float64's sigmoid, and both stay
+    finite far past the floor (where the log of an underflowed sigmoid would be -inf)."""
+    from skffjord._dynamics import _softplus_and_slope_
+
+    x64 = torch.cat(
+        [
+            torch.linspace(-1000, 1000, 20001, dtype=torch.float64),
+            torch.tensor([-1e30, -104.0, -88.0, -80.0, 1e30], dtype=torch.float64),
+        ]
+    )
+    pre = x64.to(dtype)
+    act, slope = _softplus_and_slope_(pre.clone(), torch.empty_like(pre), torch.empty_like(pre))
+    assert torch.isfinite(act).all() and torch.isfinite(slope).all()
+    x = pre.double()  # the input as rounded to dtype
+    eps = torch.finfo(dtype).eps
+    bound = 4 * eps * x.abs().clamp_min(1)
+    exact = torch.logaddexp(x, torch.zeros_like(x))  # softplus without a threshold
+    assert ((act.double() - exact).abs() <= bound).all()
+    assert ((slope.double() - torch.sigmoid(x)).abs() <= 4 * eps * torch.sigmoid(x) + 1e-30).all()
+    # the library's own float32 softplus is no closer than that bound
+    if dtype == torch.float32:
+        assert ((torch.nn.functional.softplus(pre).double() - exact).abs() <= bound).all()
