@@ -67,9 +67,10 @@ def _softplus_and_slope_(pre: Tensor, slope: Tensor, scratch: Tensor) -> tuple[T
     On a CPU without AVX-512 (AVX2, 2 threads) this took 438 us against 688 us for
     ``F.softplus`` plus ``sigmoid`` on 2,000 x 128 float32 values, with the same worst error
     against float64 (5.6e-7 vs 5.3e-7, values up to |x| = 20: the difference is off by a
-    rounding of ``x``); on an AVX-512 CPU the two routes cost about the same (sigmoid 35 us,
-    log 120-137, softplus 165). README, performance. For the scoring path; the training
-    forward keeps ``nn.Softplus``.
+    rounding of ``x``). On an AVX-512 CPU the two routes should cost about the same, going by
+    separate timings there (sigmoid 35 us, log 120-137, softplus 165; not compared side by
+    side). README, performance. For the scoring path only: in the training forward the same
+    route gave no gain beyond the noise (autograd's backward through the log costs more).
     """
     pre.clamp_min_(SOFTPLUS_FLOOR)
     torch.sigmoid(pre, out=slope)
@@ -308,7 +309,7 @@ class VectorField(nn.Module):
                     out=workspace[f"gate{i}"][:n] if t.shape[0] == n else None,
                 ).sigmoid_()
                 pre.mul_(gate).addcmul_(t, layer.hyper_bias.weight.T)
-                if self.activation == "softplus":
+                if self.activation == "softplus":  # act{i} holds the slope, pre{i} the output
                     act, slope = _softplus_and_slope_(
                         pre, workspace[f"act{i}"][:n], workspace[f"log{i}"][:n]
                     )
