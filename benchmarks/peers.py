@@ -22,6 +22,13 @@ validation). Peers that are not installed are skipped with a message (``pip inst
 
 Validation NLL is measured at about ten points during each fit, on at most ``--n-val`` rows;
 that time is not charged to the budget. The best-validation weights are kept for the test.
+
+Score throughput is timed twice: in each model's own process right after its fit (best of 3
+passes), and, after all fits, in one more process that loads every fitted model and scores
+the test rows with each in turn for ``--timing-rounds`` rounds (order rotated every round).
+The table's ratio to ours is the median over rounds of the round's ratio: on a machine whose
+speed drifts from minute to minute, passes seconds apart compare like with like, where
+figures taken ten minutes apart in different processes need not.
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ import copy
 import json
 import math
 import multiprocessing as mp
+import pickle
 import resource
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -131,6 +140,7 @@ def run_ffjord_single_fit(train, val, test, budget, seed, **params):
     return _result(
         model.score_samples,
         test,
+        _scorer=("ffjord", model),
         fit_seconds=spent,
         steps=sum(h["n_steps"] for h in model.history_),
         nfe=float(np.mean([h["nfe"] for h in likelihood])) if likelihood else None,
@@ -187,6 +197,7 @@ def run_ffjord(name, train, val, test, budget, seed):
     return _result(
         best_model.score_samples,
         test,
+        _scorer=("ffjord", best_model),
         fit_seconds=spent,
         steps=steps,
         nfe=float(np.mean(nfe)) if nfe else None,
@@ -263,6 +274,7 @@ def run_zuko(name, train, val, test, budget, seed, batch_size=512, lr=1e-3):
     return _result(
         lambda rows: _mean_log_prob(flow, rows),
         x_test,
+        _scorer=("zuko", name, d, flow.state_dict()),
         fit_seconds=spent,
         steps=steps,
         nfe=float(np.mean(nfe)) if name.startswith("zuko_cnf") else None,
@@ -298,6 +310,7 @@ def run_sklearn(name, train, val, test, budget, seed):
     return _result(
         best_model.score_samples,
         test,
+        _scorer=("sklearn", best_model),
         fit_seconds=spent,
         steps=len(curve),
         nfe=None,
@@ -331,11 +344,85 @@ def _child(name, args, queue):
             result = run_zuko(name, train, val, test, args.budget, args.seed)
         else:
             result = run_sklearn(name, train, val, test, args.budget, args.seed)
+        scorer = result.pop("_scorer")
+        if args.scorer_dir is not None:  # for the interleaved timing after every fit
+            path = Path(args.scorer_dir) / f"{name}.pkl"
+            with open(path, "wb") as fh:
+                pickle.dump(scorer, fh)
+            result["scorer_file"] = str(path)
         result["peak_rss_mib"] = _peak_rss_mib()
         result.update(model=name, source=source, d=train.shape[1], n_train=train.shape[0])
         queue.put(result)
     except Exception as exc:  # report, do not crash the whole run
         queue.put({"model": name, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _score_function(scorer, test):
+    """The timed call for a saved scorer: the same call the fit's own timing made."""
+    kind = scorer[0]
+    if kind == "zuko":
+        import torch
+
+        _, name, d, state = scorer
+        flow = _zuko_flow(name, d)
+        flow.load_state_dict(state)
+        x_test = torch.as_tensor(test, dtype=torch.float32)
+        return lambda: _mean_log_prob(flow, x_test)
+    model = scorer[1]
+    return lambda: np.asarray(model.score_samples(test), dtype=float)
+
+
+def _timing_child(args, files, queue):
+    """Score the test rows with every fitted model in turn, ``args.timing_rounds`` rounds,
+    the order rotated each round, so that every model's passes are spread over the same
+    stretch of time: a machine whose speed drifts between passes (by up to 1.5x here) then
+    slows all models alike, and each round's ratios compare passes seconds apart."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    _, _, test, _ = load_splits(args)
+    calls, nll = {}, {}
+    for name, path in files.items():
+        with open(path, "rb") as fh:
+            calls[name] = _score_function(pickle.load(fh), test)
+        nll[name] = -float(calls[name]().mean())  # untimed warm-up, and a check of the model
+    names = list(files)
+    seconds = {name: [] for name in names}
+    for r in range(args.timing_rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            calls[name]()
+            seconds[name].append(time.perf_counter() - t0)
+    queue.put({"seconds": seconds, "test_nll": nll, "n_test": int(test.shape[0])})
+
+
+def _interleaved_timing(args, results, ctx):
+    """Run :func:`_timing_child` on the saved models and add its figures to ``results``:
+    ``score_rows_per_s_interleaved`` (median over rounds), ``score_seconds_interleaved`` and,
+    with ``ffjord_default`` among them, ``rows_per_s_vs_ours_interleaved`` (median over rounds
+    of the round's ratio)."""
+    files = {r["model"]: r["scorer_file"] for r in results if "scorer_file" in r}
+    if not files or args.timing_rounds < 1:
+        return
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_timing_child, args=(args, files, queue))
+    proc.start()
+    timing = queue.get()
+    proc.join()
+    n = timing["n_test"]
+    ours = timing["seconds"].get("ffjord_default")
+    for r in results:
+        secs = timing["seconds"].get(r["model"])
+        if secs is None:
+            continue
+        r["score_seconds_interleaved"] = secs
+        r["score_rows_per_s_interleaved"] = float(np.median([n / s for s in secs]))
+        r["test_nll_timing_process"] = timing["test_nll"][r["model"]]
+        if ours is not None:  # rows/s of the model over rows/s of ours, round by round
+            r["rows_per_s_vs_ours_interleaved"] = float(
+                np.median([o / s for o, s in zip(ours, secs, strict=True)])
+            )
 
 
 def main(argv=None):
@@ -356,6 +443,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="peers.json")
     parser.add_argument("--plot", default="peers_validation.png")
+    parser.add_argument(
+        "--timing-rounds",
+        type=int,
+        default=5,
+        help="rounds of interleaved scoring of every fitted model after all fits (0: off)",
+    )
     args = parser.parse_args(argv)
 
     names = [m for m in args.models.split(",") if m]
@@ -367,14 +460,20 @@ def main(argv=None):
         names = [m for m in names if not m.startswith("zuko")]
     ctx = mp.get_context("spawn")
     results = []
-    for name in names:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_child, args=(name, args, queue))
-        proc.start()
-        result = queue.get()
-        proc.join()
-        results.append(result)
-        print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
+    with tempfile.TemporaryDirectory(prefix="peers_scorers_") as scorer_dir:
+        args.scorer_dir = scorer_dir if args.timing_rounds > 0 else None
+        for name in names:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_child, args=(name, args, queue))
+            proc.start()
+            result = queue.get()
+            proc.join()
+            results.append(result)
+            print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
+        _interleaved_timing(args, [r for r in results if "error" not in r], ctx)
+    args.scorer_dir = None
+    for r in results:
+        r.pop("scorer_file", None)
 
     ok = [r for r in results if "error" not in r]
     reference = next((r for r in ok if r["model"] == "ffjord_default"), None)
@@ -384,21 +483,26 @@ def main(argv=None):
         f"n_train={first['n_train']}, budget {args.budget:.0f} s per model, "
         f"{args.threads} threads",
         "",
-        "| model | test NLL ± 2 s.e. | fit s | steps | NFE/solve | score rows/s | peak MiB | "
-        "rows/s vs ours |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | test NLL ± 2 s.e. | fit s | steps | NFE/solve | score rows/s, own process "
+        "(best of 3) | score rows/s, interleaved (median) | peak MiB | rows/s vs ours "
+        "(interleaved) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in ok:
-        ratio = r["score_rows_per_s"] / reference["score_rows_per_s"] if reference else float("nan")
+        interleaved = r.get("score_rows_per_s_interleaved")
+        ratio = r.get("rows_per_s_vs_ours_interleaved")
+        if ratio is None and reference is not None:  # no interleaved timing: the own figures
+            ratio = r["score_rows_per_s"] / reference["score_rows_per_s"]
         nfe = "" if r["nfe_per_solve"] is None else f"{r['nfe_per_solve']:.0f}"
         lines.append(
             f"| {r['model']} | {r['test_nll']:.3f} ± {r['test_nll_2se']:.3f} | "
             f"{r['fit_seconds']:.0f} | {r['steps']} | {nfe} | {r['score_rows_per_s']:.0f} | "
-            f"{r['peak_rss_mib']:.0f} | {ratio:.2f} |"
+            f"{'' if interleaved is None else f'{interleaved:.0f}'} | "
+            f"{r['peak_rss_mib']:.0f} | {'' if ratio is None else f'{ratio:.2f}'} |"
         )
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['model']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r['model']} | failed: {r['error']} | | | | | | | |")
     table = "\n".join(lines)
     print(table)
     with open(args.out, "w") as fh:
