@@ -347,9 +347,12 @@ def _child(name, args, queue):
         scorer = result.pop("_scorer")
         if args.scorer_dir is not None:  # for the interleaved timing after every fit
             path = Path(args.scorer_dir) / f"{name}.pkl"
-            with open(path, "wb") as fh:
-                pickle.dump(scorer, fh)
-            result["scorer_file"] = str(path)
+            try:
+                with open(path, "wb") as fh:
+                    pickle.dump(scorer, fh)
+                result["scorer_file"] = str(path)
+            except Exception as exc:  # the model's own figures still stand
+                result["scorer_error"] = f"{type(exc).__name__}: {exc}"
         result["peak_rss_mib"] = _peak_rss_mib()
         result.update(model=name, source=source, d=train.shape[1], n_train=train.shape[0])
         queue.put(result)
@@ -380,21 +383,24 @@ def _timing_child(args, files, queue):
     import torch
 
     torch.set_num_threads(args.threads)
-    _, _, test, _ = load_splits(args)
-    calls, nll = {}, {}
-    for name, path in files.items():
-        with open(path, "rb") as fh:
-            calls[name] = _score_function(pickle.load(fh), test)
-        nll[name] = -float(calls[name]().mean())  # untimed warm-up, and a check of the model
-    names = list(files)
-    seconds = {name: [] for name in names}
-    for r in range(args.timing_rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            t0 = time.perf_counter()
-            calls[name]()
-            seconds[name].append(time.perf_counter() - t0)
-    queue.put({"seconds": seconds, "test_nll": nll, "n_test": int(test.shape[0])})
+    try:
+        _, _, test, _ = load_splits(args)
+        calls, nll = {}, {}
+        for name, path in files.items():
+            with open(path, "rb") as fh:
+                calls[name] = _score_function(pickle.load(fh), test)
+            nll[name] = -float(calls[name]().mean())  # untimed warm-up, and a check of the model
+        names = list(files)
+        seconds = {name: [] for name in names}
+        for r in range(args.timing_rounds):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                t0 = time.perf_counter()
+                calls[name]()
+                seconds[name].append(time.perf_counter() - t0)
+        queue.put({"seconds": seconds, "test_nll": nll, "n_test": int(test.shape[0])})
+    except Exception as exc:  # report; the models' own figures still stand
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
 def _interleaved_timing(args, results, ctx):
@@ -410,6 +416,9 @@ def _interleaved_timing(args, results, ctx):
     proc.start()
     timing = queue.get()
     proc.join()
+    if "error" in timing:
+        print(f"interleaved timing failed: {timing['error']}", flush=True)
+        return
     n = timing["n_test"]
     ours = timing["seconds"].get("ffjord_default")
     for r in results:
