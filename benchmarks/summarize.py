@@ -23,7 +23,7 @@ import argparse
 import json
 import math
 
-_PER_RUN = ("models", "out", "plot")
+_PER_RUN = ("models", "out", "plot", "timing_rounds", "scorer_dir")
 
 
 def _by_model(path):
@@ -114,7 +114,7 @@ def summarize(paths):
         "ours − likelihood run |",
         "|---|---|---|---|---|---|---|",
     ]
-    for args, r, _ in merged(paths):
+    for args, r, sources in merged(paths):
         ours = r.get("ffjord_default")
         if ours is None:
             continue
@@ -128,7 +128,8 @@ def summarize(paths):
 
         exact = r.get("zuko_cnf_exact")
         speed = "n/a"
-        if exact and exact.get("rows_per_s_vs_ours_interleaved"):  # same process, interleaved
+        same_run = exact and sources.get("zuko_cnf_exact") == sources.get("ffjord_default")
+        if same_run and exact.get("rows_per_s_vs_ours_interleaved"):  # timed side by side
             speed = f"{1 / exact['rows_per_s_vs_ours_interleaved']:.1f}×"
         elif exact:
             speed = f"{ours['score_rows_per_s'] / exact['score_rows_per_s']:.1f}×"
