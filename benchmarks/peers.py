@@ -403,6 +403,21 @@ def _timing_child(args, files, queue):
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
+def _receive(proc, queue):
+    """The child's report, or ``None`` when it died without one (killed, out of memory)."""
+    from queue import Empty
+
+    while True:
+        try:
+            return queue.get(timeout=5)
+        except Empty:
+            if not proc.is_alive():
+                try:  # it may have reported just before it exited
+                    return queue.get(timeout=1)
+                except Empty:
+                    return None
+
+
 def _interleaved_timing(args, results, ctx):
     """Run :func:`_timing_child` on the saved models and add its figures to ``results``:
     ``score_rows_per_s_interleaved`` (median over rounds), ``score_seconds_interleaved`` and,
@@ -414,10 +429,11 @@ def _interleaved_timing(args, results, ctx):
     queue = ctx.Queue()
     proc = ctx.Process(target=_timing_child, args=(args, files, queue))
     proc.start()
-    timing = queue.get()
+    timing = _receive(proc, queue)
     proc.join()
-    if "error" in timing:
-        print(f"interleaved timing failed: {timing['error']}", flush=True)
+    if timing is None or "error" in timing:
+        why = "no report" if timing is None else timing["error"]
+        print(f"interleaved timing failed: {why} (exit code {proc.exitcode})", flush=True)
         return
     n = timing["n_test"]
     ours = timing["seconds"].get("ffjord_default")
@@ -475,8 +491,10 @@ def main(argv=None):
             queue = ctx.Queue()
             proc = ctx.Process(target=_child, args=(name, args, queue))
             proc.start()
-            result = queue.get()
+            result = _receive(proc, queue)
             proc.join()
+            if result is None:
+                result = {"model": name, "error": f"no report (exit code {proc.exitcode})"}
             results.append(result)
             print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
         _interleaved_timing(args, [r for r in results if "error" not in r], ctx)
