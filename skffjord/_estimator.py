@@ -24,7 +24,13 @@ from ._flow import EvalConfig, FFJORDFlow, TrainConfig
 from ._marginal import QuantileGaussianizer, quantile_knots
 from ._ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, ROWWISE_TABLEAUS
 from ._training import FitConfig, TrainingResult, guarded_validation, train_flow
-from ._utils import make_generator, resolve_device, resolve_train_dtype, spawn_seeds
+from ._utils import (
+    float64_tensor,
+    make_generator,
+    resolve_device,
+    resolve_train_dtype,
+    spawn_seeds,
+)
 
 __all__ = ["FFJORDDensity"]
 
@@ -917,9 +923,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         """``flow`` ready to train, with every row of ``X`` through its fixed map."""
         # the rows as the flow sees them and each row's log-Jacobian, in float64
         with torch.no_grad():
-            u, log_det = flow.standardize_with_log_det(
-                torch.as_tensor(X, dtype=torch.float64, device=flow.loc.device)
-            )
+            u, log_det = flow.standardize_with_log_det(float64_tensor(X, flow.loc.device))
         loc, scale = flow.loc.cpu().numpy(), flow.scale.cpu().numpy()
         # the fixed map is not trained and stays float64: it leaves the flow while the flow
         # trains in float32, and comes back after
@@ -1222,7 +1226,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=np.float64)
         config = self._eval_config()
         device = next(iter(self.flow_.buffers())).device
-        x = torch.as_tensor(X, dtype=torch.float64, device=device)
+        x = float64_tensor(X, device)
         with torch.no_grad():
             path = self.flow_.path(x, int(n_times), config)
         return path.cpu().numpy()

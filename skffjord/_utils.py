@@ -9,6 +9,7 @@ import torch
 
 __all__ = [
     "DeviceWarning",
+    "float64_tensor",
     "has_native_bfloat16",
     "make_generator",
     "resolve_device",
@@ -113,6 +114,18 @@ def resolve_train_dtype(
     if device.type == "cpu" and wide and has_native_bfloat16():
         return "bfloat16"
     return "float32"
+
+
+def float64_tensor(X: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``X`` as a float64 tensor on ``device``, sharing a writable array's memory.
+
+    A read-only array (a read-only memory map, or the values of a pandas frame under
+    copy-on-write, the default since pandas 3) is copied: PyTorch warns when a tensor would
+    share read-only memory, and the warning would reach users who did nothing wrong.
+    """
+    if not X.flags.writeable:
+        return torch.tensor(X, dtype=torch.float64, device=device)
+    return torch.as_tensor(X, dtype=torch.float64, device=device)
 
 
 def spawn_seeds(random_state: np.random.RandomState, n: int) -> list[int]:

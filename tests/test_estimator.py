@@ -173,6 +173,49 @@ def test_pandas_input_records_feature_names(X):
         model.score_samples(df.rename(columns={"a": "z"}))
 
 
+def test_read_only_input_is_copied_not_shared():
+    """A read-only array (pandas' copy-on-write frames give one) becomes a tensor of its
+    own; a writable one is shared, not copied."""
+    from skffjord._utils import float64_tensor
+
+    X = np.arange(6.0).reshape(3, 2)
+    shared = float64_tensor(X, torch.device("cpu"))
+    assert np.shares_memory(shared.numpy(), X)
+    X.setflags(write=False)
+    copied = float64_tensor(X, torch.device("cpu"))
+    assert not np.shares_memory(copied.numpy(), X)
+    np.testing.assert_array_equal(copied.numpy(), X)
+
+
+def test_read_only_and_pandas_input_fit_without_pytorch_warnings():
+    """In a fresh interpreter (PyTorch reports a read-only array once per process):
+    fitting, scoring and tracing a read-only array and a pandas frame raise no warning
+    about non-writable memory, and both fits equal the fit on a writable copy."""
+    import subprocess
+    import sys
+
+    code = f"""
+import warnings
+import numpy as np
+import pandas as pd
+from skffjord import FFJORDDensity
+warnings.filterwarnings("error", message=".*not writable.*")
+warnings.filterwarnings("ignore", message=".*Maximum iterations.*")
+X = np.random.default_rng(0).normal(size=(60, 2))
+params = {dict(TINY, random_state=0)!r}
+reference = FFJORDDensity(**params).fit(X).score_samples(X)
+read_only = X.copy()
+read_only.setflags(write=False)
+model = FFJORDDensity(**params).fit(read_only)
+np.testing.assert_array_equal(model.score_samples(read_only), reference)
+model.trajectory(read_only, n_times=2)
+frame = pd.DataFrame(X, columns=["a", "b"])
+np.testing.assert_array_equal(FFJORDDensity(**params).fit(frame).score_samples(frame), reference)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_non_numeric_columns_are_named(X):
     df = pd.DataFrame(X, columns=["a", "b", "c"]).assign(city=["x"] * len(X))
     with pytest.raises(ValueError, match=r"\['city'\] are not numeric"):
