@@ -5,6 +5,7 @@ from . import datasets
 from ._estimator import FFJORDDensity
 from ._ode import SolverError
 from ._outlier import FFJORDOutlierDetector
+from ._preprocessing import find_discrete_features
 from ._utils import DeviceWarning
 
 __version__ = "0.1.0"
@@ -20,4 +21,5 @@ __all__ = [
     "SolverError",
     "__version__",
     "datasets",
+    "find_discrete_features",
 ]

@@ -18,12 +18,28 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from torch import nn
 
+from ._base_distribution import fit_mixture_base
 from ._dynamics import ACTIVATIONS, auto_hidden_layer_sizes
 from ._flow import EvalConfig, FFJORDFlow, TrainConfig
 from ._marginal import QuantileGaussianizer, quantile_knots
 from ._ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, ROWWISE_TABLEAUS
-from ._training import FitConfig, TrainingResult, guarded_validation, train_flow
+from ._preprocessing import (
+    dequantize,
+    find_discrete_features,
+    fit_gaussianizing_map,
+    gaussian_log_likelihood,
+    snap_to_grid,
+)
+from ._training import (
+    FitConfig,
+    TrainingResult,
+    flow_matching_validation_loss,
+    significant_gain,
+    train_flow,
+    validation_log_probs,
+)
 from ._utils import (
     float64_tensor,
     make_generator,
@@ -48,13 +64,28 @@ _FITTED = (
     "stop_reason_",
     "standardize_",
     "standardize_scores_",
+    "discrete_features_",
+    "n_components_",
+    "n_components_scores_",
+    "_grid_origin",
     "_optimizer_state",
     "_structure",
 )
 
-#: Share of ``max_iter`` and of ``max_time`` given to each candidate map of
-#: ``standardize='auto'`` before the choice (the chosen one's share counts as training).
-MAP_RACE_SHARE = 0.05
+#: Optimizer steps per epoch at least with ``max_iter=None``: an epoch of a small table is then
+#: as many passes over its rows as make this many mini-batches (one pass of 200 rows is a
+#: single step, too few between two validations for patience counted in epochs).
+MIN_EPOCH_STEPS = 20
+#: Folds and most rows of the cross-validation by which ``standardize='auto'`` picks its map.
+MAP_CV_FOLDS = 5
+MAP_CV_ROWS = 20_000
+#: From this many training rows on, the base mixture's component count is chosen on one
+#: held-out split instead of by cross-validation.
+MIXTURE_SPLIT_ROWS = 5_000
+#: Epochs of a fit given ``max_iter=None`` and no ``max_time``.
+DEFAULT_EPOCHS = 100
+#: Epoch cap standing for "none" when ``max_time`` bounds the fit.
+UNBOUNDED_EPOCHS = 10**9
 #: Stop reasons after which a fit goes no further.
 _FAILED = ("diverged", "solver_failed", "interrupted")
 
@@ -96,17 +127,6 @@ def _reject_non_numeric_columns(X: Any) -> None:
         )
 
 
-def _weighted_standardization(
-    X: np.ndarray, sample_weight: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted mean and standard deviation per column; zero spreads become 1."""
-    w = sample_weight / sample_weight.sum()
-    mean = w @ X
-    std = np.sqrt(np.maximum(w @ (X - mean) ** 2, 0.0))
-    std[~(std > 1e-12 * np.maximum(1.0, np.abs(mean)))] = 1.0
-    return mean, std
-
-
 def _standardization_name(standardize: bool | str) -> str:
     """'affine', 'quantile' or 'none' for a ``standardize`` parameter."""
     if isinstance(standardize, str):
@@ -127,17 +147,25 @@ def _to_cpu(obj: Any) -> Any:
 
 @dataclass
 class _Run:
-    """A flow prepared for training: float32 on its device with the fixed marginal map
-    detached, and every row as the flow sees it (float64, with its log-Jacobian)."""
+    """A flow prepared for training: float32 on its device with the fixed map detached, and
+    every row as the flow sees it (float64, with its log-Jacobian).
+
+    With discrete columns (``resolution > 0``) the rows are one dequantised draw, and
+    :meth:`redraw` gives the training rows a fresh draw every epoch.
+    """
 
     flow: FFJORDFlow
-    marginal: QuantileGaussianizer | None
+    marginal: nn.Module | None
+    base: nn.Module | None
     loc: np.ndarray
     scale: np.ndarray
     rows: np.ndarray
     row_log_det: np.ndarray
     sample_weight: np.ndarray
     generator: torch.Generator
+    X: np.ndarray
+    resolution: np.ndarray
+    noise: np.random.Generator
 
     def data(self, train_idx: np.ndarray, val_idx: np.ndarray | None) -> tuple:
         """Training rows and weights, then validation rows and weights (or ``None``)."""
@@ -155,43 +183,26 @@ class _Run:
 
     def mean_log_det(self, idx: np.ndarray) -> float:
         """Weighted mean log-Jacobian of the map over the rows ``idx``."""
+        if not len(idx):
+            return 0.0
         return float(np.average(self.row_log_det[idx], weights=self.sample_weight[idx]))
 
+    def redraw(self, idx: np.ndarray) -> Callable[[], torch.Tensor] | None:
+        """A function giving the rows ``idx`` freshly dequantised and mapped, as the flow
+        sees them (float32 on its device); ``None`` without discrete columns."""
+        if not np.any(self.resolution > 0):
+            return None
+        X = self.X[idx]
+        device = self.flow.loc.device
+        loc, scale = torch.as_tensor(self.loc), torch.as_tensor(self.scale)
 
-@dataclass
-class _Race:
-    """The first epochs of the map chosen by ``standardize='auto'``."""
+        def draw() -> torch.Tensor:
+            x = torch.as_tensor(dequantize(X, self.resolution, self.noise))
+            with torch.no_grad():
+                u = x if self.marginal is None else self.marginal.cpu()(x)[0]
+            return ((u - loc) / scale).to(device=device, dtype=torch.float32)
 
-    result: TrainingResult
-    #: Seconds from the start of the fit to the start of its epochs and (set once both
-    #: candidates are scored) to the choice.
-    began: float
-    ended: float = math.nan
-
-
-def _remaining(config: FitConfig, race: _Race | None, start: float) -> FitConfig:
-    """``config`` less the epochs of the race and the time since ``start``."""
-    if race is None:
-        return config
-    max_time = config.max_time
-    if max_time is not None:
-        max_time = max(max_time - (time.perf_counter() - start), 1e-3)
-    return replace(config, max_iter=max(1, config.max_iter - race.result.n_iter), max_time=max_time)
-
-
-def _joined(race: _Race, rest: TrainingResult) -> TrainingResult:
-    """One result for the race's epochs followed by the rest of the fit."""
-    first = race.result
-    for record in first.history:
-        record["time"] += race.began
-    for record in rest.history:
-        record["epoch"] += first.n_iter
-        record["time"] += race.ended
-    rest.history = first.history + rest.history
-    rest.n_iter += first.n_iter
-    rest.best_loss = min(rest.best_loss, first.best_loss)
-    rest.validation_failures += first.validation_failures
-    return rest
+        return draw
 
 
 class FFJORDDensity(DensityMixin, BaseEstimator):
@@ -319,32 +330,38 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         widest hidden layer has at least 192 units, else 'float32' (GPUs included: not
         measured there). The choice is in ``train_dtype_``; the same seed can fit
         differently on machines of other kinds.
-    standardize : bool or {'auto', 'affine', 'quantile'}, default='auto'
-        The fixed per-feature map in front of the flow, fitted once on the training rows;
-        its log-Jacobian is added to every score, so scores stay log-densities in the
-        user's units. ``True`` or ``'affine'``: zero mean and unit variance. ``'quantile'``:
-        quantile Gaussianisation, a strictly increasing piecewise-linear map through up to
-        64 training quantiles per feature (at least 100 rows per interval) onto standard
-        normal quantiles, blended 1% with a Gaussian quantile so that tied columns stay
-        invertible, with exponential tails beyond the outer knots (an outlier costs nats in
-        proportion to its distance); the flow then only has to model what the marginals
-        leave, and heavy-tailed features, which a Lipschitz flow from a Gaussian cannot
-        reach, become easy. Sample weights count by their ratios (scaling them all changes
-        nothing; the resolution follows the effective sample size). It helps where features
-        are heavy-tailed through a per-feature non-linearity and hurts where the dependence
-        is elliptical, as in natural-image patches. ``'auto'``: both, each behind its own
-        flow trained by the first phase of ``training`` (the affine one for 5% of
-        ``max_iter`` and of ``max_time``, the quantile one for as many epochs), are scored
-        on held-out rows (the early-stopping validation rows, or ``validation_fraction`` of
-        the rows held out for this choice only) through the evaluation solver, in the
-        user's units; the better flow goes on training (its epochs count toward
-        ``max_iter``), the other is discarded (its time counts toward ``max_time``).
-        Without rows of positive weight on both sides of that split it is 'affine'.
-        A short race favours the quantile map, which starts ahead: on the real BSDS300
-        patches it chose right with a 10-minute budget (30 s each) but chose 'quantile'
-        with a 100-s budget (5 s each) and scored 10 nats below 'affine'; for short fits of
-        data like image patches, set the map yourself. Figures: README, performance.
-        ``False``: the identity.
+    standardize : bool or {'auto', 'affine', 'sinh_arcsinh', 'quantile'}, default='auto'
+        The fixed map in front of the flow, fitted once on the training rows; its
+        log-Jacobian is added to every score, so scores stay log-densities in the user's
+        units. The flow's field starts at zero, so the untrained model is the map's Gaussian
+        (or the base mixture, ``n_components``) in the user's units. ``True`` or
+        ``'affine'``: subtract the mean and whiten with the Cholesky factor of the
+        covariance (the untrained model is the full-covariance Gaussian).
+        ``'sinh_arcsinh'``: first a smooth, strictly increasing map of each feature,
+        ``sinh(delta asinh((x - a) / b) - eps)``, whose skewness ``eps`` and tail weight
+        ``delta`` are fitted per feature by maximum likelihood, then the whitening; it
+        nests the affine map and suits skewed and heavy-tailed features. ``'quantile'``: a
+        piecewise-linear map through up to 64 training quantiles per feature onto normal
+        quantiles, with exponential tails and no whitening (its Jacobian is piecewise
+        constant). ``'auto'``: 'affine' or 'sinh_arcsinh', whichever Gaussian has the higher
+        5-fold cross-validated log-likelihood on the training rows (closed form, at most
+        20,000 rows; milliseconds to seconds). ``False``: the identity.
+    discrete_features : 'auto', None or array-like of shape (n_features,), default='auto'
+        Cell width of each feature recorded to a resolution (0 for continuous features).
+        Training rows of such features are dequantised, spread uniformly over their cell,
+        with a fresh draw every epoch, so the model is a continuous density that does not
+        spike on repeated values. ``'auto'``: :func:`~skffjord.find_discrete_features` (a
+        feature with repeated values lying on a grid of constant step). ``None``: no
+        dequantisation. The score of a row on the grid is then the log-density at the cell
+        centre, which approximates the log-probability of the cell minus the log of its
+        width (the expectation of the log-density over the cell is a lower bound on it), and
+        :meth:`sample` rounds these features to their grid.
+    n_components : int or 'auto', default='auto'
+        Components of the base distribution: a Gaussian mixture fitted by EM to the training
+        rows through the map (1: the standard normal). ``'auto'``: the count among 1, 2, 3,
+        5, 8, 12 and 20 with the best held-out log-likelihood (5-fold cross-validation below
+        5,000 training rows, else one split of ``validation_fraction``; the search stops
+        once the score falls). The mixture is fixed; the flow is trained on top of it.
     batch_size : int or 'auto', default='auto'
         Mini-batch size, ``min(512, n_samples)`` for 'auto'; clipped with a warning when
         larger than the training set. Also the chunk size when validating.
@@ -374,8 +391,11 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         flow-matching validation loss keeps improving and, with early stopping, that phase
         usually runs its whole share. Maximum-likelihood steps are not averaged (an average
         lags behind their steady progress).
-    max_iter : int, default=100
-        Maximum number of epochs.
+    max_iter : int or None, default=None
+        Maximum number of epochs (passes over the training rows). ``None``: no cap when
+        ``max_time`` is set, else 100 epochs; an epoch is then as many passes as make at
+        least 20 mini-batches (small tables), so that early stopping compares validation
+        scores 20 optimizer steps apart at least.
     max_time : float, default=None
         Wall-clock budget of a fit in seconds, checked after every optimizer step.
     tol : float, default=1e-4
@@ -383,11 +403,15 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     n_iter_no_change : int, default=10
         Epochs without progress (training loss, or validation score with
         ``early_stopping``) before training stops.
-    early_stopping : bool, default=False
+    early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the data, stop when its log-likelihood stops
-        improving, and restore the best-validation weights at the end. The validation
-        log-likelihoods come from the evaluation solver (``eval_*``, exact trace), the one
-        ``score_samples`` uses (always in float32 during training), so a
+        improving, and restore the best-validation weights at the end. The starting model
+        (the map's Gaussian or the base mixture; the fitted model in a ``warm_start``
+        refit) is kept unless the trained one improves the validation rows' log-likelihood
+        by more than one standard error of the paired per-row differences: a fit does not
+        end below the classical model it started from, nor above it by validation noise.
+        The validation log-likelihoods come from the evaluation solver (``eval_*``, exact
+        trace), the one ``score_samples`` uses (always in float32 during training), so a
         coarse training solver that the fit learns to exploit cannot hide it (the
         validation score then falls). The starting weights compete too, with
         ``training='hybrid'`` (the end of flow matching: the likelihood phase is kept only
@@ -442,11 +466,18 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     stop_reason_ : str
         Why training stopped: 'converged', 'max_iter', 'max_time', 'interrupted',
         'diverged' or 'solver_failed'.
-    standardize_ : {'affine', 'quantile', 'none'}
+    standardize_ : {'affine', 'sinh_arcsinh', 'quantile', 'none'}
         The map in front of the flow (the one ``standardize='auto'`` chose).
     standardize_scores_ : dict or None
-        With ``standardize='auto'``: each candidate map's held-out mean log-likelihood after
-        its share of training, in the user's units; else None.
+        With ``standardize='auto'``: each candidate map's cross-validated mean
+        log-likelihood of its Gaussian, in the user's units; else None.
+    discrete_features_ : ndarray of shape (n_features_in_,)
+        Cell width of each dequantised feature, 0 for continuous ones.
+    n_components_ : int
+        Components of the base distribution (1: the standard normal).
+    n_components_scores_ : dict or None
+        With ``n_components='auto'``: each tried count's held-out mean log-likelihood in
+        the mapped space; else None.
     device_ : str
         The device the model lives on.
     train_dtype_ : {'float32', 'bfloat16'}
@@ -513,13 +544,18 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         "eval_ode_solver_params": [dict, None],
         "eval_dtype": [StrOptions({"float32", "float64"})],
         "train_dtype": [StrOptions({"auto", "float32", "bfloat16"})],
-        "standardize": ["boolean", StrOptions({"auto", "affine", "quantile"})],
+        "standardize": [
+            "boolean",
+            StrOptions({"auto", "affine", "sinh_arcsinh", "quantile"}),
+        ],
+        "discrete_features": [StrOptions({"auto"}), "array-like", None],
+        "n_components": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "learning_rate": [StrOptions({"adaptive", "constant"})],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "averaging_decay": [Interval(Real, 0, 1, closed="neither"), None],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left"), None],
         "max_time": [Interval(Real, 0, None, closed="neither"), None],
         "tol": [Interval(Real, 0, None, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
@@ -558,16 +594,18 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         eval_dtype: str = "float32",
         train_dtype: str = "auto",
         standardize: bool | str = "auto",
+        discrete_features: str | np.ndarray | None = "auto",
+        n_components: int | str = "auto",
         batch_size: int | str = "auto",
         learning_rate_init: float = 1e-3,
         learning_rate: str = "adaptive",
         alpha: float = 0.0,
         averaging_decay: float | None = 0.999,
-        max_iter: int = 100,
+        max_iter: int | None = None,
         max_time: float | None = None,
         tol: float = 1e-4,
         n_iter_no_change: int = 10,
-        early_stopping: bool = False,
+        early_stopping: bool = True,
         validation_fraction: float = 0.1,
         shuffle: bool = True,
         device: str = "cpu",
@@ -598,6 +636,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self.eval_dtype = eval_dtype
         self.train_dtype = train_dtype
         self.standardize = standardize
+        self.discrete_features = discrete_features
+        self.n_components = n_components
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
         self.learning_rate = learning_rate
@@ -727,8 +767,12 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         device = resolve_device(self.device)
         train_dtype = resolve_train_dtype(self.train_dtype, device, hidden)
         rs = check_random_state(self.random_state)
-        init_seed, data_seed, probe_seed = spawn_seeds(rs, 3)
+        init_seed, data_seed, probe_seed, noise_seed = spawn_seeds(rs, 4)
         rng = np.random.default_rng(data_seed)
+        if refit:
+            resolution = self.discrete_features_
+        else:
+            resolution = self._resolution(X, sample_weight)
 
         # Validation split.
         train_idx = np.arange(n_samples)
@@ -785,7 +829,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             learning_rate=self.learning_rate,
             alpha=float(self.alpha),
             averaging_decay=None if self.averaging_decay is None else float(self.averaging_decay),
-            max_iter=int(self.max_iter),
+            max_iter=self._max_iter(),
+            min_steps_per_epoch=MIN_EPOCH_STEPS if self.max_iter is None else 1,
             max_time=None if self.max_time is None else float(self.max_time),
             tol=float(self.tol),
             n_iter_no_change=int(self.n_iter_no_change),
@@ -800,29 +845,24 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             autocast_dtype=torch.bfloat16 if train_dtype == "bfloat16" else None,
         )
         start = time.perf_counter()
-        race: _Race | None = None
-        map_scores = None
+        noise = np.random.default_rng(noise_seed)
+        map_scores = mixture_scores = None
         if refit:
             kind, map_scores = self.standardize_, self.standardize_scores_
-            run = self._prepared(copy.deepcopy(self.flow_), X, sample_weight, device, probe_seed)
-        elif structure["standardize"] == "auto":
-            kind, run, race, map_scores = self._choose_map(
-                X,
-                sample_weight,
-                train_idx,
-                val_idx,
-                hidden,
-                init_seed,
-                probe_seed,
-                rng,
-                device,
-                fit_cfg,
-                start,
-            )
+            mixture_scores = self.n_components_scores_
+            flow = copy.deepcopy(self.flow_)
         else:
             kind = structure["standardize"]
-            flow = self._new_flow(kind, X[train_idx], sample_weight[train_idx], hidden, init_seed)
-            run = self._prepared(flow, X, sample_weight, device, probe_seed)
+            X_map = dequantize(X, resolution, np.random.default_rng(noise_seed + 1))
+            if kind == "auto":
+                kind, map_scores = self._choose_map(X_map[train_idx], sample_weight[train_idx], rng)
+            flow = self._new_flow(
+                kind, X_map[train_idx], sample_weight[train_idx], hidden, init_seed
+            )
+            flow.base, mixture_scores = self._new_base(
+                flow, X_map, sample_weight, train_idx, rng, init_seed
+            )
+        run = self._prepared(flow, X, sample_weight, device, probe_seed, resolution, noise)
         flow = run.flow
         data = run.data(train_idx, val_idx if self.early_stopping else None)
         common = dict(
@@ -830,20 +870,37 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             generator=run.generator,
             log_det_offset=run.mean_log_det(train_idx),
             val_log_det_offset=run.mean_log_det(val_idx) if self.early_stopping else None,
+            redraw=run.redraw(train_idx),
         )
         optimizer_state = self.__dict__.get("_optimizer_state") if refit else None
-        if race is not None:
-            optimizer_state = race.result.optimizer_state
-        if race is not None and race.result.stop_reason in _FAILED:
-            result = race.result
-        elif self.training != "hybrid":
-            # a warm refit with early stopping cannot end worse than the model it starts from
-            fit_cfg = replace(_remaining(fit_cfg, race, start), score_initial=bool(refit))
+        # with early stopping the starting model competes too (the classical model of the
+        # fixed map and base, the field being zero; or the fitted model in a warm refit): the
+        # fit keeps it unless the validation rows improve by more than their noise
+        initial = None
+        if self.early_stopping:
+            initial = (
+                validation_log_probs(flow, data[2], fit_cfg),
+                copy.deepcopy(flow.state_dict()),
+            )
+        if self.training != "hybrid":
+            fit_cfg = replace(fit_cfg, score_initial=bool(refit))
             result = train_flow(flow, *data, fit_cfg, optimizer_state=optimizer_state, **common)
         else:
-            result = self._train_hybrid(flow, data, fit_cfg, optimizer_state, common, race, start)
-        if race is not None and result is not race.result:
-            result = _joined(race, result)
+            result = self._train_hybrid(flow, data, fit_cfg, optimizer_state, common, start)
+        if initial is not None:
+            end = validation_log_probs(flow, data[2], fit_cfg)
+            w_val = sample_weight[val_idx]
+            offset = common["val_log_det_offset"]
+            if not significant_gain(end, initial[0], w_val):
+                flow.load_state_dict(initial[1])
+                result.final_solver_gap = math.nan
+                if self.training == "flow_matching":  # validation scores are -losses there
+                    score = -flow_matching_validation_loss(flow, data[2], data[3], fit_cfg)
+                else:
+                    score = float(np.average(initial[0], weights=w_val)) + offset
+                result.best_validation_score = score
+            elif result.best_validation_score is None and end is not None:
+                result.best_validation_score = float(np.average(end, weights=w_val)) + offset
         marginal, loc, scale = run.marginal, run.loc, run.scale
 
         # Commit the fitted state only now (a failure above leaves the old model).
@@ -853,6 +910,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             flow.loc.copy_(torch.as_tensor(loc))
             flow.scale.copy_(torch.as_tensor(scale))
         flow.marginal = None if marginal is None else marginal.to(device=device)
+        flow.base = None if run.base is None else run.base.to(device=device)
         self.flow_ = flow
         self.device_ = str(device)
         self.train_dtype_ = train_dtype
@@ -868,6 +926,11 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self._structure = structure
         self.standardize_ = kind
         self.standardize_scores_ = map_scores
+        self.discrete_features_ = resolution
+        self.n_components_ = 1 if flow.base is None else int(flow.base.means.shape[0])
+        self.n_components_scores_ = mixture_scores
+        if not refit:  # a value on each grid, to round samples to
+            self._grid_origin = X[sample_weight > 0].min(axis=0)
         self._optimizer_state = _to_cpu(result.optimizer_state) if self.warm_start else None
         self._warn_stop(result.stop_reason, result.message)
         self._warn_solver_gap(result.final_solver_gap)
@@ -882,6 +945,32 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             )
         return self
 
+    def _resolution(self, X: np.ndarray, sample_weight: np.ndarray) -> np.ndarray:
+        """The cell width of each feature (0: continuous), from ``discrete_features``."""
+        n_features = X.shape[1]
+        option = self.discrete_features
+        if isinstance(option, str):  # 'auto', validated
+            return find_discrete_features(X, sample_weight)
+        if option is None:
+            return np.zeros(n_features)
+        resolution = np.asarray(option, dtype=np.float64)
+        if resolution.shape != (n_features,) or not np.all(np.isfinite(resolution)):
+            raise ValueError(
+                "discrete_features must be 'auto', None or an array of shape "
+                f"(n_features,) = ({n_features},) of finite cell widths (0: continuous), "
+                f"got {option!r}."
+            )
+        if np.any(resolution < 0):
+            raise ValueError("discrete_features must hold non-negative cell widths.")
+        return resolution
+
+    def _max_iter(self) -> int:
+        """Epoch cap: ``max_iter``; for ``max_iter=None`` none when ``max_time`` bounds the
+        fit, else ``DEFAULT_EPOCHS``."""
+        if self.max_iter is not None:
+            return int(self.max_iter)
+        return UNBOUNDED_EPOCHS if self.max_time is not None else DEFAULT_EPOCHS
+
     def _new_flow(
         self,
         kind: str,
@@ -890,13 +979,12 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         hidden: tuple[int, ...],
         init_seed: int,
     ) -> FFJORDFlow:
-        """A fresh float64 flow whose fixed map ('affine', 'quantile' or 'none') is fitted
-        on the rows ``X``."""
+        """A fresh float64 flow whose fixed map (``kind``, a ``standardize_`` value) is fitted
+        on the rows ``X``; its field is zero, so the model starts as that map's Gaussian."""
         n_features = X.shape[1]
-        marginal = None
-        loc, scale = np.zeros(n_features), np.ones(n_features)
-        if kind == "affine":
-            loc, scale = _weighted_standardization(X, sample_weight)
+        marginal: nn.Module | None = None
+        if kind in ("affine", "sinh_arcsinh"):
+            marginal = fit_gaussianizing_map(X, sample_weight, marginal=kind == "sinh_arcsinh")
         elif kind == "quantile":
             grid, knots = quantile_knots(X, sample_weight)
             marginal = QuantileGaussianizer(torch.as_tensor(grid), torch.as_tensor(knots))
@@ -906,8 +994,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             self.activation,
             int(self.n_blocks),
             float(self.integration_time),
-            torch.as_tensor(loc, dtype=torch.float64),
-            torch.as_tensor(scale, dtype=torch.float64),
+            torch.zeros(n_features, dtype=torch.float64),
+            torch.ones(n_features, dtype=torch.float64),
             generator=torch.Generator().manual_seed(init_seed),
             marginal=marginal,
         )
@@ -919,101 +1007,99 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         sample_weight: np.ndarray,
         device: torch.device,
         probe_seed: int,
+        resolution: np.ndarray,
+        noise: np.random.Generator,
     ) -> _Run:
-        """``flow`` ready to train, with every row of ``X`` through its fixed map."""
+        """``flow`` ready to train, with every row of ``X`` (one dequantised draw of its
+        discrete columns) through its fixed map."""
+        X_drawn = dequantize(X, resolution, noise)
         # the rows as the flow sees them and each row's log-Jacobian, in float64
         with torch.no_grad():
-            u, log_det = flow.standardize_with_log_det(float64_tensor(X, flow.loc.device))
+            u, log_det = flow.standardize_with_log_det(float64_tensor(X_drawn, flow.loc.device))
         loc, scale = flow.loc.cpu().numpy(), flow.scale.cpu().numpy()
         # the fixed map is not trained and stays float64: it leaves the flow while the flow
         # trains in float32, and comes back after
         marginal, flow.marginal = flow.marginal, None
+        base = copy.deepcopy(flow.base)  # float64, restored after training
         return _Run(
             flow=flow.to(device=device, dtype=torch.float32),
             marginal=marginal,
+            base=base,
             loc=loc,
             scale=scale,
             rows=u.cpu().numpy(),
             row_log_det=log_det.cpu().numpy(),
             sample_weight=sample_weight,
             generator=make_generator(probe_seed, device),
+            X=X,
+            resolution=resolution,
+            noise=noise,
         )
 
-    def _choose_map(
+    def _new_base(
         self,
+        flow: FFJORDFlow,
         X: np.ndarray,
         sample_weight: np.ndarray,
         train_idx: np.ndarray,
-        val_idx: np.ndarray,
-        hidden: tuple[int, ...],
-        init_seed: int,
-        probe_seed: int,
         rng: np.random.Generator,
-        device: torch.device,
-        fit_cfg: FitConfig,
-        start: float,
-    ) -> tuple[str, _Run, _Race | None, dict[str, float] | None]:
-        """``standardize='auto'``: train a flow behind each map for ``MAP_RACE_SHARE`` of
-        the budget and keep the one whose held-out log-likelihood (evaluation solver, in
-        the user's units) is higher; the other's epochs are discarded (``start``: when the
-        fit began)."""
-        if self.early_stopping:
-            fit_idx, held_idx = train_idx, val_idx
-        else:  # rows held out for the choice only; the chosen flow then trains on all rows
-            n_held = max(1, int(round(self.validation_fraction * len(X))))
-            perm = rng.permutation(len(X))
-            held_idx, fit_idx = np.sort(perm[:n_held]), np.sort(perm[n_held:])
-            if not (sample_weight[fit_idx].sum() > 0 and sample_weight[held_idx].sum() > 0):
-                flow = self._new_flow(
-                    "affine", X[train_idx], sample_weight[train_idx], hidden, init_seed
-                )
-                run = self._prepared(flow, X, sample_weight, device, probe_seed)
-                return "affine", run, None, None
-        race_cfg = replace(
-            fit_cfg,
-            training="likelihood" if self.training == "likelihood" else "flow_matching",
-            max_iter=max(1, round(MAP_RACE_SHARE * fit_cfg.max_iter)),
-            max_time=None if fit_cfg.max_time is None else MAP_RACE_SHARE * fit_cfg.max_time,
-            learning_rate="constant",  # both maps alike; the winner's fit starts the schedule
+        seed: int,
+    ) -> tuple[nn.Module | None, dict[int, float] | None]:
+        """The base distribution (``n_components``) over the training rows through
+        ``flow``'s map: ``None`` (standard normal) or a Gaussian mixture whose component
+        count has the best cross-validated log-likelihood (``MIXTURE_CV_FOLDS`` folds over
+        the training rows, or one split of ``validation_fraction`` from
+        ``MIXTURE_SPLIT_ROWS`` rows on), refitted on all training rows; with each tried
+        count's held-out score."""
+        if self.n_components == 1:
+            return None, None
+        rows = train_idx[sample_weight[train_idx] > 0]
+        if len(rows) < 2:
+            return None, None
+        with torch.no_grad():
+            U = flow.standardize(torch.as_tensor(X[rows])).numpy()
+        perm = rng.permutation(len(rows))
+        if len(rows) >= MIXTURE_SPLIT_ROWS:
+            n_held = max(1, int(round(self.validation_fraction * len(rows))))
+            folds = [(perm[n_held:], perm[:n_held])]
+        else:
+            parts = np.array_split(perm, min(MAP_CV_FOLDS, len(rows)))
+            folds = [
+                (np.concatenate(parts[:k] + parts[k + 1 :]), held) for k, held in enumerate(parts)
+            ]
+        return fit_mixture_base(
+            U,
+            sample_weight[rows],
+            folds,
+            seed,
+            components=None if self.n_components == "auto" else (int(self.n_components),),
         )
-        scores: dict[str, float] = {}
-        best: tuple[str, _Run, _Race] | None = None
-        for kind in ("affine", "quantile"):
-            began = time.perf_counter() - start
-            flow = self._new_flow(kind, X[fit_idx], sample_weight[fit_idx], hidden, init_seed)
-            run = self._prepared(flow, X, sample_weight, device, probe_seed)
-            data = run.data(fit_idx, held_idx)
-            result = train_flow(
-                run.flow,
-                *data,
-                race_cfg,
-                rng=rng,
-                generator=run.generator,
-                log_det_offset=run.mean_log_det(fit_idx),
-                val_log_det_offset=run.mean_log_det(held_idx),
-            )
-            scores[kind] = guarded_validation(run.flow, data[2], data[3], race_cfg)
-            scores[kind] += run.mean_log_det(held_idx)
-            if result.stop_reason in ("diverged", "solver_failed"):
-                scores[kind] = -math.inf  # a map whose flow failed is chosen only if both did
-            race = _Race(result, began)
-            if best is None:
-                # the second map gets as many epochs as the first had in its time, so that a
-                # busy machine cannot favour one (at most twice the time, as a safeguard)
-                race_cfg = replace(
-                    race_cfg,
-                    max_iter=max(1, result.n_iter),
-                    max_time=None if race_cfg.max_time is None else 2 * race_cfg.max_time,
+
+    @staticmethod
+    def _choose_map(
+        X: np.ndarray, sample_weight: np.ndarray, rng: np.random.Generator
+    ) -> tuple[str, dict[str, float] | None]:
+        """``standardize='auto'``: the map ('affine' or 'sinh_arcsinh') whose Gaussian has
+        the higher cross-validated log-likelihood on the training rows ``X`` (closed form,
+        ``MAP_CV_FOLDS`` folds over at most ``MAP_CV_ROWS`` rows), with each one's score.
+        Without two rows of positive weight it is 'affine'."""
+        rows = np.flatnonzero(sample_weight > 0)
+        if len(rows) < 2:
+            return "affine", None
+        rows = rng.permutation(rows)[:MAP_CV_ROWS]
+        folds = np.array_split(rows, min(MAP_CV_FOLDS, len(rows)))
+        scores = {}
+        for kind in ("affine", "sinh_arcsinh"):
+            total = 0.0
+            for k, held in enumerate(folds):
+                fit = np.concatenate([f for i, f in enumerate(folds) if i != k])
+                gaussianizer = fit_gaussianizing_map(
+                    X[fit], sample_weight[fit], marginal=kind == "sinh_arcsinh"
                 )
-            if best is None or scores[kind] > scores[best[0]]:
-                best = (kind, run, race)
-            if result.stop_reason == "interrupted":
-                break
-        kind, run, race = best
-        race.ended = time.perf_counter() - start
-        if result.stop_reason == "interrupted":  # Ctrl-C in either race ends the fit
-            race.result.stop_reason, race.result.message = result.stop_reason, result.message
-        return kind, run, race, scores
+                score = gaussian_log_likelihood(gaussianizer, X[held], sample_weight[held])
+                total += score * sample_weight[held].sum()
+            scores[kind] = total / sample_weight[rows].sum()
+        return max(scores, key=scores.get), scores
 
     def _train_hybrid(
         self,
@@ -1022,19 +1108,16 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         fit_cfg: FitConfig,
         optimizer_state: dict | None,
         common: dict,
-        race: _Race | None,
         start: float,
     ) -> TrainingResult:
         """Flow matching, then maximum likelihood for ``likelihood_fraction`` of the budget
-        (``start``: when the fit began; ``race``: its flow-matching epochs so far)."""
+        (``start``: when the fit began)."""
         fraction = float(self.likelihood_fraction)
         n_likelihood = max(1, round(fraction * fit_cfg.max_iter))
         n_matching = max(1, fit_cfg.max_iter - n_likelihood)
         matching_time = None
         if fit_cfg.max_time is not None:
             matching_time = (1 - fraction) * fit_cfg.max_time - (time.perf_counter() - start)
-        if race is not None:
-            n_matching -= race.result.n_iter
         first = TrainingResult(optimizer_state=optimizer_state)
         if n_matching >= 1 and (matching_time is None or matching_time > 0):
             first = train_flow(
@@ -1048,9 +1131,6 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             )
         for record in first.history:
             record["phase"] = "flow_matching"
-        if race is not None:
-            for record in race.result.history:
-                record["phase"] = "flow_matching"
         if first.stop_reason in _FAILED:
             return first
         remaining = None
@@ -1181,14 +1261,20 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         Returns
         -------
         ndarray of shape (n_samples, n_features)
-            Samples in the user's units.
+            Samples in the user's units; the discrete features (``discrete_features_``) are
+            rounded to their grid, so each grid point is drawn with the model's probability
+            of its cell.
         """
         check_is_fitted(self)
         if not isinstance(n_samples, Integral) or isinstance(n_samples, bool) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         rng = check_random_state(random_state)
-        z = rng.standard_normal((int(n_samples), self.n_features_in_))
-        return self._to_data(z)
+        base = self.flow_.base
+        if base is None:
+            z = rng.standard_normal((int(n_samples), self.n_features_in_))
+        else:
+            z = base.sample_numpy(int(n_samples), rng)
+        return snap_to_grid(self._to_data(z), self.discrete_features_, self._grid_origin)
 
     def trajectory(self, X: Any, n_times: int = 11) -> np.ndarray:
         """The path of each row through the flow, from the data (t=0) to the latent space.
@@ -1269,6 +1355,12 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             self.train_dtype = "auto"
             if "flow_" in self.__dict__:
                 self.train_dtype_ = "float32"  # what it was trained in
+        for name, value in (("discrete_features", None), ("n_components", 1)):
+            self.__dict__.setdefault(name, value)  # what models saved before them did
+        if "flow_" in self.__dict__ and "discrete_features_" not in self.__dict__:
+            self.discrete_features_ = np.zeros(self.n_features_in_)
+            self._grid_origin = np.zeros(self.n_features_in_)
+            self.n_components_, self.n_components_scores_ = 1, None
         if "learning_rate" not in self.__dict__:  # saved before learning_rate existed
             self.learning_rate = "constant"  # the schedule it was fitted with
         if "flow_" in self.__dict__:

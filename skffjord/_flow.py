@@ -17,7 +17,6 @@ from ._divergence import (
     sample_probe,
 )
 from ._dynamics import VectorField
-from ._marginal import QuantileGaussianizer
 from ._ode import (
     FIXED_GRID_METHODS,
     TRAINING_FIXED_STEPS,
@@ -390,7 +389,7 @@ class _FieldOnly(nn.Module):
 
 
 class FFJORDFlow(nn.Module):
-    """Stacked CNF blocks over a standard normal base, behind a fixed per-feature map.
+    """Stacked CNF blocks over a base distribution, behind a fixed map.
 
     The density of ``x`` (in the user's units) is that of ``u = (m(x) - loc) / scale``
     under the flow, times ``prod(1 / scale)`` and the Jacobian of ``m``, an optional
@@ -407,8 +406,13 @@ class FFJORDFlow(nn.Module):
         Standardisation (zeros and ones to switch it off).
     generator : torch.Generator or None
         Source of the initial weights.
-    marginal : QuantileGaussianizer or None
-        Per-feature map applied before ``loc`` and ``scale``.
+    marginal : nn.Module or None
+        Fixed map applied before ``loc`` and ``scale``
+        (:class:`~skffjord._preprocessing.GaussianizingMap` or
+        :class:`~skffjord._marginal.QuantileGaussianizer`).
+    base : nn.Module or None
+        Base distribution (:class:`~skffjord._base_distribution.GaussianMixtureBase`);
+        ``None``: the standard normal.
     """
 
     def __init__(
@@ -422,7 +426,8 @@ class FFJORDFlow(nn.Module):
         scale: Tensor,
         *,
         generator: torch.Generator | None = None,
-        marginal: QuantileGaussianizer | None = None,
+        marginal: nn.Module | None = None,
+        base: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.n_features = n_features
@@ -435,11 +440,20 @@ class FFJORDFlow(nn.Module):
         self.register_buffer("loc", loc.clone())
         self.register_buffer("scale", scale.clone())
         self.marginal = marginal
+        self.base = base
+
+    def base_log_prob(self, z: Tensor) -> Tensor:
+        """Log-density of the base distribution at each row of ``z``."""
+        if self.base is None:
+            return standard_normal_log_prob(z)
+        return self.base.log_prob(z)
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         if "marginal" not in self._modules and "marginal" not in self.__dict__:
             self.marginal = None  # pickled before the per-feature map existed
+        if "base" not in self._modules and "base" not in self.__dict__:
+            self.base = None
 
     def standardize_with_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``u = (m(x) - loc) / scale`` and ``log |det du/dx|`` per row, ``(batch,)``."""
@@ -480,7 +494,7 @@ class FFJORDFlow(nn.Module):
             total_div = total_div + div
             reg = reg + r
             dynamics.append(dyn)
-        return standard_normal_log_prob(z) + total_div, reg, dynamics
+        return self.base_log_prob(z) + total_div, reg, dynamics
 
     def log_prob(self, x: Tensor, config: EvalConfig) -> Tensor:
         """Exact log-density of rows ``x`` in the user's units, shape ``(batch,)``."""
@@ -501,7 +515,7 @@ class FFJORDFlow(nn.Module):
         for block in blocks:
             z, div, _ = block.forward_exact(z, config)
             total_div = total_div + div.to(u.dtype)
-        return standard_normal_log_prob(z.to(u.dtype)) + total_div
+        return self.base_log_prob(z.to(u.dtype)) + total_div
 
     def to_latent(self, x: Tensor, config: EvalConfig) -> Tensor:
         """Map data rows (user's units) to the base space."""

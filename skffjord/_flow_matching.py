@@ -52,7 +52,10 @@ def flow_matching_residuals(
     residuals : Tensor of shape (n,)
     """
     n = u.shape[0]
-    noise = torch.randn(u.shape, generator=generator, dtype=u.dtype, device=u.device)
+    if getattr(flow, "base", None) is None:
+        noise = torch.randn(u.shape, generator=generator, dtype=u.dtype, device=u.device)
+    else:
+        noise = flow.base.rsample(u.shape, generator, u)
     s = torch.rand((n, 1), generator=generator, dtype=u.dtype, device=u.device)
     z = (1 - s) * u + s * noise
     n_blocks = len(flow.blocks)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -16,7 +16,14 @@ from ._flow import EvalConfig, FFJORDFlow, TrainConfig
 from ._flow_matching import flow_matching_loss, flow_matching_residuals
 from ._ode import SolverError, solver_error_from
 
-__all__ = ["FitConfig", "TrainingFailure", "TrainingResult", "train_flow"]
+__all__ = [
+    "FitConfig",
+    "TrainingFailure",
+    "TrainingResult",
+    "significant_gain",
+    "train_flow",
+    "validation_log_probs",
+]
 
 #: ``learning_rate='adaptive'``, in maximum-likelihood epochs: after this many epochs in a
 #: row without progress (validation score, or training loss without validation; at most
@@ -81,6 +88,10 @@ class FitConfig:
     #: ``'adaptive'``: lower Adam's step size when likelihood epochs stall, and once late in
     #: the phase (:data:`LR_PATIENCE`); ``'constant'``: ``learning_rate_init`` throughout.
     learning_rate: str = "constant"
+    #: An epoch is as many whole passes over the training rows as give at least this many
+    #: optimizer steps (small tables: one pass is one or two mini-batches, too few steps
+    #: between two validations for patience counted in epochs to mean anything).
+    min_steps_per_epoch: int = 1
 
 
 @dataclass
@@ -259,6 +270,37 @@ def guarded_validation(flow: FFJORDFlow, u: Tensor, w: Tensor, config: FitConfig
     return score if math.isfinite(score) else -math.inf
 
 
+def validation_log_probs(flow: FFJORDFlow, u: Tensor, config: FitConfig) -> np.ndarray | None:
+    """Log-likelihood of each standardised row (``config.validation_solver``), or ``None``
+    when the solver fails or a score is not finite."""
+    solver = config.validation_solver if config.validation_solver is not None else config.solver
+    try:
+        with torch.no_grad():
+            parts = [
+                flow.standardized_log_prob(u[i : i + config.validation_chunk], solver)
+                for i in range(0, u.shape[0], config.validation_chunk)
+            ]
+    except SolverError:
+        return None
+    values = torch.cat(parts).double().cpu().numpy()
+    return values if np.all(np.isfinite(values)) else None
+
+
+def significant_gain(after: np.ndarray | None, before: np.ndarray | None, w: np.ndarray) -> bool:
+    """Whether the weighted mean of ``after - before`` exceeds its standard error: the
+    rows' log-likelihoods improved by more than validation noise (paired). ``None``: the
+    model could not be scored."""
+    if after is None:  # keep the trained weights only when neither can be scored
+        return before is None
+    if before is None:
+        return True
+    p = w / w.sum()
+    diff = after - before
+    mean = float(p @ diff)
+    se = float(np.sqrt(np.sum(p**2 * (diff - mean) ** 2)))
+    return mean > se
+
+
 def solver_gap(
     flow: FFJORDFlow, u: Tensor, w: Tensor, config: FitConfig, n_rows: int = 256
 ) -> float:
@@ -327,6 +369,7 @@ def train_flow(
     log_det_offset: float = 0.0,
     val_log_det_offset: float | None = None,
     optimizer_state: dict | None = None,
+    redraw: Callable[[], Tensor] | None = None,
 ) -> TrainingResult:
     """Fit ``flow`` by maximum likelihood with Adam, in place.
 
@@ -352,6 +395,9 @@ def train_flow(
         ``None``: ``log_det_offset``.
     optimizer_state : dict or None
         Adam state to resume from (``warm_start``).
+    redraw : callable or None
+        Called at the start of every epoch after the first for a fresh copy of the training
+        rows (same order and weights): a new dequantisation draw of discrete columns.
 
     Returns
     -------
@@ -399,12 +445,18 @@ def train_flow(
             if config.max_time is not None and time.perf_counter() - start > config.max_time:
                 result.stop_reason, epochs = "max_time", range(0)
         for epoch in epochs:
-            order = rng.permutation(n) if config.shuffle else np.arange(n)
+            if redraw is not None and epoch > 0:
+                u_train = redraw()
+            # whole passes over the rows, as many as make min_steps_per_epoch batches
+            passes = max(1, math.ceil(config.min_steps_per_epoch / math.ceil(n / batch_size)))
+            order = np.concatenate(
+                [rng.permutation(n) if config.shuffle else np.arange(n) for _ in range(passes)]
+            )
             order_t = torch.as_tensor(order, device=u_train.device)
             loss_sum = weight_sum = 0.0
             nfe_sum = nfe_back_sum = n_batches = 0
             time_up = False
-            for b in range(0, n, batch_size):
+            for b in range(0, len(order), batch_size):
                 idx = order_t[b : b + batch_size]
                 ub, wb = u_train[idx], w_train[idx]
                 if float(wb.sum()) <= 0:

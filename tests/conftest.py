@@ -8,11 +8,15 @@ import pytest
 #: Settings that keep a fit to a fraction of a second (used across the suite). Training is
 #: by likelihood so that the solver machinery is what these tests exercise; the default
 #: ``training='hybrid'`` has tests of its own (test_flow_matching.py, test_common.py).
-#: A small fast model for tests of the training machinery. Its map is fixed ('affine'), so
-#: that counts of training calls and epochs are those of one flow; the race of
-#: ``standardize='auto'`` (the default) has its own tests in ``test_auto_map.py``.
+#: A small fast model for tests of the training machinery: its map ('affine') and base (the
+#: standard normal) are fixed, no column is dequantised, there is no validation split, and
+#: an epoch is one pass over the rows. The defaults that start from a classical model have
+#: their own tests in ``test_starting_model.py``.
 TINY = dict(
     standardize="affine",
+    n_components=1,
+    discrete_features=None,
+    early_stopping=False,
     training="likelihood",
     hidden_layer_sizes=(8,),
     max_iter=2,

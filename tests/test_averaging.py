@@ -42,7 +42,7 @@ def test_applied_swaps_in_the_average_and_restores_the_trained_weights_on_error(
 def _fit(X, **kw):
     params = dict(
         hidden_layer_sizes=(16, 16), training="flow_matching", max_iter=6, batch_size=32,
-        random_state=0, learning_rate_init=1e-2,
+        random_state=0, learning_rate_init=1e-2, early_stopping=False,
     )  # fmt: skip
     params.update(kw)
     return FFJORDDensity(**params).fit(X)
