@@ -26,10 +26,11 @@ from ._flow import EvalConfig, FFJORDFlow, TrainConfig
 from ._marginal import QuantileGaussianizer, quantile_knots
 from ._ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, ROWWISE_TABLEAUS
 from ._preprocessing import (
+    choose_map,
     dequantize,
     find_discrete_features,
     fit_gaussianizing_map,
-    gaussian_log_likelihood,
+    kfold,
     snap_to_grid,
 )
 from ._training import (
@@ -76,11 +77,9 @@ _FITTED = (
 #: as many passes over its rows as make this many mini-batches (one pass of 200 rows is a
 #: single step, too few between two validations for patience counted in epochs).
 MIN_EPOCH_STEPS = 20
-#: Folds and most rows of the cross-validation by which ``standardize='auto'`` picks its map.
-MAP_CV_FOLDS = 5
-MAP_CV_ROWS = 20_000
-#: From this many training rows on, the base mixture's component count is chosen on one
-#: held-out split instead of by cross-validation.
+#: The base mixture's component count is chosen by this many folds of cross-validation below
+#: ``MIXTURE_SPLIT_ROWS`` training rows, on one held-out split from there on.
+MIXTURE_CV_FOLDS = 5
 MIXTURE_SPLIT_ROWS = 5_000
 #: Epochs of a fit given ``max_iter=None`` and no ``max_time``.
 DEFAULT_EPOCHS = 100
@@ -855,7 +854,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             kind = structure["standardize"]
             X_map = dequantize(X, resolution, np.random.default_rng(noise_seed + 1))
             if kind == "auto":
-                kind, map_scores = self._choose_map(X_map[train_idx], sample_weight[train_idx], rng)
+                kind, map_scores = choose_map(X_map[train_idx], sample_weight[train_idx], rng)
             flow = self._new_flow(
                 kind, X_map[train_idx], sample_weight[train_idx], hidden, init_seed
             )
@@ -1063,10 +1062,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             n_held = max(1, int(round(self.validation_fraction * len(rows))))
             folds = [(perm[n_held:], perm[:n_held])]
         else:
-            parts = np.array_split(perm, min(MAP_CV_FOLDS, len(rows)))
-            folds = [
-                (np.concatenate(parts[:k] + parts[k + 1 :]), held) for k, held in enumerate(parts)
-            ]
+            folds = kfold(perm, MIXTURE_CV_FOLDS)
         return fit_mixture_base(
             U,
             sample_weight[rows],
@@ -1074,32 +1070,6 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             seed,
             components=None if self.n_components == "auto" else (int(self.n_components),),
         )
-
-    @staticmethod
-    def _choose_map(
-        X: np.ndarray, sample_weight: np.ndarray, rng: np.random.Generator
-    ) -> tuple[str, dict[str, float] | None]:
-        """``standardize='auto'``: the map ('affine' or 'sinh_arcsinh') whose Gaussian has
-        the higher cross-validated log-likelihood on the training rows ``X`` (closed form,
-        ``MAP_CV_FOLDS`` folds over at most ``MAP_CV_ROWS`` rows), with each one's score.
-        Without two rows of positive weight it is 'affine'."""
-        rows = np.flatnonzero(sample_weight > 0)
-        if len(rows) < 2:
-            return "affine", None
-        rows = rng.permutation(rows)[:MAP_CV_ROWS]
-        folds = np.array_split(rows, min(MAP_CV_FOLDS, len(rows)))
-        scores = {}
-        for kind in ("affine", "sinh_arcsinh"):
-            total = 0.0
-            for k, held in enumerate(folds):
-                fit = np.concatenate([f for i, f in enumerate(folds) if i != k])
-                gaussianizer = fit_gaussianizing_map(
-                    X[fit], sample_weight[fit], marginal=kind == "sinh_arcsinh"
-                )
-                score = gaussian_log_likelihood(gaussianizer, X[held], sample_weight[held])
-                total += score * sample_weight[held].sum()
-            scores[kind] = total / sample_weight[rows].sum()
-        return max(scores, key=scores.get), scores
 
     def _train_hybrid(
         self,

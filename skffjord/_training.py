@@ -234,11 +234,12 @@ def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def validation_score(
-    flow: FFJORDFlow, u: Tensor, w: Tensor, config: TrainConfig | EvalConfig, chunk: int
-) -> float:
-    """Weighted mean log-likelihood of standardised rows with the exact trace, through the
-    evaluation solver (an ``EvalConfig``) or the training solver (a ``TrainConfig``)."""
+def row_log_probs(
+    flow: FFJORDFlow, u: Tensor, config: TrainConfig | EvalConfig, chunk: int
+) -> Tensor:
+    """Log-likelihood of each standardised row with the exact trace, through the evaluation
+    solver (an ``EvalConfig``) or the training solver (a ``TrainConfig``), ``chunk`` rows at
+    a time."""
     if isinstance(config, EvalConfig):
 
         def log_prob(rows: Tensor) -> Tensor:
@@ -252,10 +253,15 @@ def validation_score(
         def log_prob(rows: Tensor) -> Tensor:
             return flow.train_log_prob(rows, exact, None)[0]
 
-    total = 0.0
-    for start in range(0, u.shape[0], chunk):
-        total += float((log_prob(u[start : start + chunk]) * w[start : start + chunk]).sum())
-    return total / float(w.sum())
+    parts = [log_prob(u[start : start + chunk]) for start in range(0, u.shape[0], chunk)]
+    return torch.cat(parts) if parts else u.new_zeros(0)
+
+
+def validation_score(
+    flow: FFJORDFlow, u: Tensor, w: Tensor, config: TrainConfig | EvalConfig, chunk: int
+) -> float:
+    """Weighted mean of :func:`row_log_probs`."""
+    return float((row_log_probs(flow, u, config, chunk) * w).sum()) / float(w.sum())
 
 
 def guarded_validation(flow: FFJORDFlow, u: Tensor, w: Tensor, config: FitConfig) -> float:
@@ -275,14 +281,10 @@ def validation_log_probs(flow: FFJORDFlow, u: Tensor, config: FitConfig) -> np.n
     when the solver fails or a score is not finite."""
     solver = config.validation_solver if config.validation_solver is not None else config.solver
     try:
-        with torch.no_grad():
-            parts = [
-                flow.standardized_log_prob(u[i : i + config.validation_chunk], solver)
-                for i in range(0, u.shape[0], config.validation_chunk)
-            ]
+        values = row_log_probs(flow, u, solver, config.validation_chunk)
     except SolverError:
         return None
-    values = torch.cat(parts).double().cpu().numpy()
+    values = values.double().cpu().numpy()
     return values if np.all(np.isfinite(values)) else None
 
 
