@@ -100,7 +100,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def targets(rows: list[dict]) -> str:
-    """The issue-level targets, counted over the tables run."""
+    """The quality targets, counted over the tables run."""
     lines = []
     deq = [r for r in rows if r["variant"] == "dequantized" and "ffjord" in r["stats"]]
     raw = [r for r in rows if r["variant"] == "raw" and "ffjord" in r["stats"]]

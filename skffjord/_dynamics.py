@@ -27,8 +27,8 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 def auto_hidden_layer_sizes(n_features: int) -> tuple[int, int]:
     """Two hidden layers of width ``8 d`` rounded up to a multiple of 64, within [128, 256].
 
-    Chosen from 10-minute side-by-side fits (``benchmarks/peers.py``, README, sessions 22
-    and 23). Wider fitted better where d is moderate: at d=21, 192 beat 128 by 0.39-0.53 nats;
+    Chosen from 10-minute side-by-side fits (``benchmarks/peers.py``). Wider fitted better
+    where d is moderate: at d=21, 192 beat 128 by 0.39-0.53 nats;
     at d=43, 256 beat 192 by 0.50 and 384 by 1.84, but 384 scored 2.4 times slower (below
     ten times zuko's exact CNF) while 256 stayed at 10-12 times. The cap: at d=63, 512 gained
     0.28 nats on a synthetic stand-in and lost 2.5 on real image patches. The floor: at

@@ -92,9 +92,9 @@ _FAILED = ("diverged", "solver_failed", "interrupted")
 #: training solver is being exploited.
 SOLVER_GAP_WARNING = 1.0
 #: ``solver_gap`` (nats per row) after a likelihood epoch above which the default fixed-step
-#: training solver takes one step more (it doubled them until session 18: one step more cut
-#: the evaluations per solve from 27.6 to 18.8 on the GAS-shaped stand-in and from 22.9 to
-#: 18.4 on the real BSDS300 patches, within the error bars in test NLL; README). Sound
+#: training solver takes one step more (rather than doubling them: one step more uses 18.8
+#: instead of 27.6 evaluations per solve on the GAS-shaped stand-in and 18.4 instead of 22.9
+#: on the real BSDS300 patches, within the error bars in test NLL). Sound
 #: 10-minute fits measured 0.002 to 0.14 with 8 steps and 0.008 to 0.27 with 5 steps and
 #: RNODE (up to 0.52 after averaged flow matching). With
 #: 4 steps and RNODE the stand-ins with d >= 8 start at 0.3 to 0.6 and the real BSDS300

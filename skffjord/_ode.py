@@ -207,8 +207,7 @@ _DOPRI5 = _Tableau(
 #: The per-row solver's methods (``integrate_rowwise(method=...)``).
 #: Tsitouras 5(4), Dormand-Prince 8(7) and a proportional-integral step-size controller were
 #: measured here and lost to Dormand-Prince 5(4) with the classical controller on a trained
-#: POWER-shaped model at the default tolerances: 14%, 127% and 5% more evaluations
-#: (README, performance; ``benchmarks/results/session22/solver_variants.txt``).
+#: POWER-shaped model at the default tolerances: 14%, 127% and 5% more evaluations.
 ROWWISE_TABLEAUS = {"dopri5": _DOPRI5}
 
 

@@ -95,7 +95,7 @@ def has_native_bfloat16() -> bool:
 #: it a likelihood step is bound by per-operation overhead, not by its matrix products:
 #: bfloat16 took 0.87-1.24 times float32's time per step at width 128 (d = 6, 8), against
 #: 1.22x faster at 192 (d = 21) and 1.46-1.81x at 256 (d = 63, 43)
-#: (``benchmarks/step_cost.py``, README, performance, session 24).
+#: (``benchmarks/step_cost.py``).
 BFLOAT16_MIN_WIDTH = 192
 
 

@@ -40,7 +40,7 @@ EXPECTED_FAILED_CHECKS = {
 #: (a rounding difference can tip a step-size decision: ``eval_dtype``), and the threshold
 #: ``offset_`` is a percentile of the training rows' own scores, so the check's rows next to
 #: it can flip between -1 and 1 when predicted in subsets; whether one does depends on the
-#: fitted weights (it did after session 24's change to the random draws of training).
+#: fitted weights.
 #: With ``eval_dtype='float64'`` scores do not depend on batch-mates, and the check passes.
 FLOAT32_FAILED_CHECKS = {
     **EXPECTED_FAILED_CHECKS,
