@@ -1,7 +1,8 @@
-"""How the defaults were chosen: FFJORDDensity configurations side by side at equal time.
+"""FFJORDDensity configurations side by side, each fitted for the same wall-clock budget.
 
-Every configuration is fitted for the same wall-clock budget on the same synthetic stand-in
-(``maf_datasets.synthetic_stand_in``: NOT the real dataset), then scored on the same test rows.
+The documentation's comparisons of settings use it. Every configuration is fitted on the
+same synthetic stand-in (``maf_datasets.synthetic_stand_in``: NOT the real dataset), then
+scored on the same test rows.
 Reported: test NLL ± 2 s.e. (nats, lower is better), fit seconds, optimizer steps and score
 throughput. The configurations are JSON: ``{"name": {FFJORDDensity parameters}}``.
 

@@ -18,7 +18,7 @@ validation). Peers that are not installed are skipped with a message (``pip inst
 
     python benchmarks/peers.py --dataset miniboone --synthetic --budget 600 --out peers.json
     python benchmarks/peers.py --dataset bsds300 --bsds300-source images \\
-        --images-dir ../shared/data/BSDS300/images --n-train 100000 --budget 600
+        --images-dir /path/to/BSDS300/images --n-train 100000 --budget 600
 
 Validation NLL is measured at about ten points during each fit, on at most ``--n-val`` rows;
 that time is not charged to the budget. The best-validation weights are kept for the test.
@@ -88,8 +88,8 @@ def _stderr2(values):
     return float(2 * values.std(ddof=1) / math.sqrt(values.size))
 
 
-#: Timed passes over the test rows per model; the throughput is that of the fastest (the
-#: machine's timing noise reached 2x between identical passes).
+#: Timed passes over the test rows per model; the throughput is that of the fastest (timing
+#: noise between identical passes can be large on a shared or throttled machine).
 SCORE_REPEATS = 3
 
 
@@ -378,7 +378,7 @@ def _score_function(scorer, test):
 def _timing_child(args, files, queue):
     """Score the test rows with every fitted model in turn, ``args.timing_rounds`` rounds,
     the order rotated each round, so that every model's passes are spread over the same
-    stretch of time: a machine whose speed drifts between passes (by up to 1.5x here) then
+    stretch of time: a machine whose speed drifts between passes then
     slows all models alike, and each round's ratios compare passes seconds apart."""
     import torch
 

@@ -9,6 +9,9 @@ Reported: seconds per epoch of each kind and seconds per scored row, the log-log
 
     python benchmarks/scaling.py --out scaling.json --plot scaling.png
 
+``benchmarks/results/scaling.{txt,json,png}`` come from the defaults of every option, with
+stdout saved as the ``.txt``.
+
 Each point is timed after a short warm-up fit on the same data (so the scored field is not
 the zero field, whose solves are trivially cheap). Single process, ``--threads`` threads.
 """

@@ -1,15 +1,14 @@
 """Cost of one likelihood training step, with and without RNODE's penalties, side by side.
 
-One step = the default training solve (``TRAINING_FIXED_STEPS`` RK4 steps, five when the
-README's figures were taken; closed-form exact trace) of a batch of 512 rows, the loss's
-backward pass and an Adam update, at the default width for each d, on a field with random
-weights. Four settings: no penalties; both penalties with the Jacobian
-penalty's product as a vector-Jacobian product (``|eps^T J|^2``, the earliest implementation,
-whose backward pass differentiates the VJP again); both penalties with the product pushed
-forward through the linearised network (``|J eps|^2``) at every row; the same at a random
-quarter of the rows, weighted up (``JACOBIAN_PENALTY_SHARE``, today's); and that again under
-bfloat16 autocast (``train_dtype='bfloat16'``). Median milliseconds of 20 steps after 3
-warm-up steps, 2 threads.
+One step = the default training solve (``TRAINING_FIXED_STEPS`` RK4 steps, closed-form exact
+trace) of a batch of 512 rows, the loss's backward pass and an Adam update, at the default
+width for each d, on a field with random weights. Five settings: no penalties; both
+penalties with the Jacobian penalty's product as a vector-Jacobian product
+(``|eps^T J|^2``, whose backward pass differentiates the VJP again); both penalties with the
+product pushed forward through the linearised network (``|J eps|^2``) at every row; the same
+at a random share of the rows, weighted up (``JACOBIAN_PENALTY_SHARE``, the package's
+setting); and that again under bfloat16 autocast (``train_dtype='bfloat16'``). Median
+milliseconds of 20 steps after 3 warm-up steps, 2 threads.
 
     python benchmarks/step_cost.py
 """

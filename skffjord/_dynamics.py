@@ -27,12 +27,12 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 def auto_hidden_layer_sizes(n_features: int) -> tuple[int, int]:
     """Two hidden layers of width ``8 d`` rounded up to a multiple of 64, within [128, 256].
 
-    Chosen from 10-minute side-by-side fits (``benchmarks/peers.py``). Wider fitted better
-    where d is moderate: at d=21, 192 beat 128 by 0.39-0.53 nats;
-    at d=43, 256 beat 192 by 0.50 and 384 by 1.84, but 384 scored 2.4 times slower (below
-    ten times zuko's exact CNF) while 256 stayed at 10-12 times. The cap: at d=63, 512 gained
-    0.28 nats on a synthetic stand-in and lost 2.5 on real image patches. The floor: at
-    d=6, 64 lost 0.34 nats to 128. Two layers keep the closed-form exact trace.
+    Wider networks fit better at moderate d but take fewer steps in a time budget and score
+    more slowly. The cap of 256 keeps scoring fast at large d (wider networks also fitted
+    natural-image patches worse); the floor of 128 avoids the loss of too narrow a network
+    at small d. Two layers keep the closed-form exact trace. Widths are compared at equal
+    time by ``python benchmarks/defaults.py --dataset miniboone --budget 600 --configs ...``
+    with one ``hidden_layer_sizes`` per configuration.
     """
     width = 64 * math.ceil(8 * n_features / 64)
     width = min(256, max(128, width))
@@ -64,13 +64,10 @@ def _softplus_and_slope_(pre: Tensor, slope: Tensor, scratch: Tensor) -> tuple[T
     ``softplus(x) = x - log(sigmoid(x))``. ``pre`` is overwritten with the softplus and
     returned with ``slope``; ``scratch`` is clobbered (all three shaped alike).
 
-    On a CPU without AVX-512 (AVX2, 2 threads) this took 438 us against 688 us for
-    ``F.softplus`` plus ``sigmoid`` on 2,000 x 128 float32 values, with the same worst error
-    against float64 (5.6e-7 vs 5.3e-7, values up to |x| = 20: the difference is off by a
-    rounding of ``x``). On an AVX-512 CPU the two routes should cost about the same, going by
-    separate timings there (sigmoid 35 us, log 120-137, softplus 165; not compared side by
-    side). README, performance. For the scoring path only: in the training forward the same
-    route gave no gain beyond the noise (autograd's backward through the log costs more).
+    One sigmoid and one log cost less than ``F.softplus`` plus ``sigmoid`` on CPUs without
+    AVX-512, with the same float32 accuracy against float64; on AVX-512 CPUs the two routes
+    cost about the same. For the scoring path only: in the training forward, autograd's
+    backward pass through the log takes back what the route saves.
     """
     pre.clamp_min_(SOFTPLUS_FLOOR)
     torch.sigmoid(pre, out=slope)
@@ -269,11 +266,10 @@ class VectorField(nn.Module):
 
         For scoring, where one solve calls the field hundreds of times on up to thousands of
         rows. Every call of :meth:`forward_with_trace` allocates about ten ``(batch, width)``
-        temporaries; at 2,000 rows of width 128 each is 1 MiB, and the C allocator often
-        returns such blocks to the system and takes them back, a page fault per 4 KiB
-        touched. Scoring 2,000 rows of a POWER-shaped model took 0.26 s with about no page
-        faults and up to 0.62 s with 150,000 of them, from one process to the next
-        (README, performance). Here the buffers are allocated at the first call, at its
+        temporaries of a MiB or more, and the C allocator often returns such blocks to the
+        system and takes them back, a page fault per 4 KiB touched, so that scoring time
+        varies from one process to the next with the number of faults taken. Here the
+        buffers are allocated at the first call, at its
         number of rows, and reused: later calls may have fewer rows (a per-row solver
         drops finished rows), never more. The trace's weight kernel is computed once too, so
         make one ``workspace`` (an empty dict) per solve, with the weights fixed.

@@ -21,6 +21,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from torch import nn
 
 from ._base_distribution import fit_mixture_base
+from ._bounds import BoundsMap, ChainedMap, check_bounds, outside_support, support
 from ._dynamics import ACTIVATIONS, auto_hidden_layer_sizes
 from ._flow import EvalConfig, FFJORDFlow, TrainConfig
 from ._marginal import QuantileGaussianizer, quantile_knots
@@ -66,6 +67,8 @@ _FITTED = (
     "standardize_",
     "standardize_scores_",
     "discrete_features_",
+    "bounds_",
+    "_support",
     "n_components_",
     "n_components_scores_",
     "_grid_origin",
@@ -355,6 +358,16 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         centre, which approximates the log-probability of the cell minus the log of its
         width (the expectation of the log-density over the cell is a lower bound on it), and
         :meth:`sample` rounds these features to their grid.
+    bounds : dict, array-like of shape (n_features, 2) or None, default=None
+        Declared bounds of features known to lie in an interval (intensities, percentages,
+        quantities that cannot be negative): one ``(low, high)`` pair per feature, or a dict
+        from feature names (with a DataFrame) or indices to pairs; ``None`` or an infinite
+        value leaves that side open. A bounded feature goes through ``log(x - low)``,
+        ``-log(high - x)`` or ``logit`` before the map of ``standardize``, so the density is
+        zero outside the bounds, samples stay inside, and mass piled at a bound becomes a
+        tail instead of a box. Training values must lie strictly inside the bounds; for a
+        discrete feature the bounds apply to its recorded values and its cells fill
+        ``[low - step / 2, high + step / 2]``. Rows outside score ``-inf``.
     n_components : int or 'auto', default='auto'
         Components of the base distribution: a Gaussian mixture fitted by EM to the training
         rows through the map (1: the standard normal). ``'auto'``: the count among 1, 2, 3,
@@ -472,6 +485,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         log-likelihood of its Gaussian, in the user's units; else None.
     discrete_features_ : ndarray of shape (`n_features_in_`,)
         Cell width of each dequantised feature, 0 for continuous ones.
+    bounds_ : ndarray of shape (`n_features_in_`, 2)
+        The declared bounds of each feature (``-inf``, ``inf``: none).
     n_components_ : int
         Components of the base distribution (1: the standard normal).
     n_components_scores_ : dict or None
@@ -548,6 +563,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             StrOptions({"auto", "affine", "sinh_arcsinh", "quantile"}),
         ],
         "discrete_features": [StrOptions({"auto"}), "array-like", None],
+        "bounds": [dict, "array-like", None],
         "n_components": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
@@ -594,6 +610,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         train_dtype: str = "auto",
         standardize: bool | str = "auto",
         discrete_features: str | np.ndarray | None = "auto",
+        bounds: dict | np.ndarray | None = None,
         n_components: int | str = "auto",
         batch_size: int | str = "auto",
         learning_rate_init: float = 1e-3,
@@ -636,6 +653,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self.train_dtype = train_dtype
         self.standardize = standardize
         self.discrete_features = discrete_features
+        self.bounds = bounds
         self.n_components = n_components
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
@@ -772,6 +790,17 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             resolution = self.discrete_features_
         else:
             resolution = self._resolution(X, sample_weight)
+        bounds = check_bounds(self.bounds, n_features, getattr(self, "feature_names_in_", None))
+        interval = support(bounds, resolution)
+        inside = ~outside_support(X[sample_weight > 0], interval)
+        if not inside.all():
+            row = X[sample_weight > 0][~inside][0]
+            j = int(np.flatnonzero((row <= interval[:, 0]) | (row >= interval[:, 1]))[0])
+            raise ValueError(
+                f"X has values on or outside the bounds of feature {j} ({bounds[j, 0]}, "
+                f"{bounds[j, 1]}), e.g. {row[j]!r}; a continuous feature must lie strictly "
+                "inside its bounds (a discrete one within them)."
+            )
 
         # Validation split.
         train_idx = np.arange(n_samples)
@@ -799,8 +828,10 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             "n_blocks": int(self.n_blocks),
             "integration_time": float(self.integration_time),
             "standardize": _standardization_name(self.standardize),
+            "bounds": tuple(map(tuple, bounds.tolist())),
         }
         fitted_structure = dict(self.__dict__.get("_structure", structure))
+        fitted_structure.setdefault("bounds", tuple(map(tuple, check_bounds(None, n_features))))
         # models saved before 'quantile' existed recorded standardize as a bool
         fitted_structure["standardize"] = _standardization_name(fitted_structure["standardize"])
         if refit and structure["standardize"] in ("auto", self.standardize_):
@@ -852,14 +883,19 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             flow = copy.deepcopy(self.flow_)
         else:
             kind = structure["standardize"]
-            X_map = dequantize(X, resolution, np.random.default_rng(noise_seed + 1))
+            X_drawn = dequantize(X, resolution, np.random.default_rng(noise_seed + 1))
+            opener = BoundsMap(interval) if np.isfinite(interval).any() else None
+            X_open = X_drawn
+            if opener is not None:  # the map of ``standardize`` is fitted past the bounds
+                with torch.no_grad():
+                    X_open = opener(torch.tensor(X_drawn))[0].numpy()
             if kind == "auto":
-                kind, map_scores = choose_map(X_map[train_idx], sample_weight[train_idx], rng)
+                kind, map_scores = choose_map(X_open[train_idx], sample_weight[train_idx], rng)
             flow = self._new_flow(
-                kind, X_map[train_idx], sample_weight[train_idx], hidden, init_seed
+                kind, X_open[train_idx], sample_weight[train_idx], hidden, init_seed, opener
             )
             flow.base, mixture_scores = self._new_base(
-                flow, X_map, sample_weight, train_idx, rng, init_seed
+                flow, X_drawn, sample_weight, train_idx, rng, init_seed
             )
         run = self._prepared(flow, X, sample_weight, device, probe_seed, resolution, noise)
         flow = run.flow
@@ -926,6 +962,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self.standardize_ = kind
         self.standardize_scores_ = map_scores
         self.discrete_features_ = resolution
+        self.bounds_ = bounds
+        self._support = interval
         self.n_components_ = 1 if flow.base is None else int(flow.base.means.shape[0])
         self.n_components_scores_ = mixture_scores
         if not refit:  # a value on each grid, to round samples to
@@ -977,9 +1015,11 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         sample_weight: np.ndarray,
         hidden: tuple[int, ...],
         init_seed: int,
+        opener: BoundsMap | None = None,
     ) -> FFJORDFlow:
         """A fresh float64 flow whose fixed map (``kind``, a ``standardize_`` value) is fitted
-        on the rows ``X``; its field is zero, so the model starts as that map's Gaussian."""
+        on the rows ``X`` (already through ``opener``, the map of the bounded features, which
+        then precedes it); its field is zero, so the model starts as that map's Gaussian."""
         n_features = X.shape[1]
         marginal: nn.Module | None = None
         if kind in ("affine", "sinh_arcsinh"):
@@ -987,6 +1027,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         elif kind == "quantile":
             grid, knots = quantile_knots(X, sample_weight)
             marginal = QuantileGaussianizer(torch.as_tensor(grid), torch.as_tensor(knots))
+        if opener is not None:
+            marginal = ChainedMap(opener, marginal)
         return FFJORDFlow(
             n_features,
             hidden,
@@ -1202,7 +1244,20 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         check_is_fitted(self)
         _reject_non_numeric_columns(X)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        return self._apply_in_chunks(self.flow_.log_prob, X)
+        outside = self._outside(X)
+        if not outside.any():
+            return self._apply_in_chunks(self.flow_.log_prob, X)
+        X = np.where(outside[:, None], self._grid_origin, X)  # a row inside, scored apart
+        scores = self._apply_in_chunks(self.flow_.log_prob, X)
+        scores[outside] = -np.inf
+        return scores
+
+    def _outside(self, X: np.ndarray) -> np.ndarray:
+        """Rows outside the support that ``bounds`` declared (all False without bounds)."""
+        interval = self.__dict__.get("_support")
+        if interval is None:
+            return np.zeros(len(X), dtype=bool)
+        return outside_support(X, interval)
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per row (like GaussianMixture; KernelDensity sums).
@@ -1233,7 +1288,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         ndarray of shape (n_samples, n_features)
             Samples in the user's units; the discrete features (``discrete_features_``) are
             rounded to their grid, so each grid point is drawn with the model's probability
-            of its cell.
+            of its cell, and every feature lies within its ``bounds``.
         """
         check_is_fitted(self)
         if not isinstance(n_samples, Integral) or isinstance(n_samples, bool) or n_samples < 1:
@@ -1244,7 +1299,9 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             z = rng.standard_normal((int(n_samples), self.n_features_in_))
         else:
             z = base.sample_numpy(int(n_samples), rng)
-        return snap_to_grid(self._to_data(z), self.discrete_features_, self._grid_origin)
+        X = snap_to_grid(self._to_data(z), self.discrete_features_, self._grid_origin)
+        bounds = self.__dict__.get("bounds_")
+        return X if bounds is None else np.clip(X, bounds[:, 0], bounds[:, 1])
 
     def trajectory(self, X: Any, n_times: int = 11) -> np.ndarray:
         """The path of each row through the flow, from the data (t=0) to the latent space.
@@ -1280,6 +1337,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             raise ValueError(f"n_times must be an integer of at least 2, got {n_times!r}.")
         _reject_non_numeric_columns(X)
         X = validate_data(self, X, reset=False, dtype=np.float64)
+        if self._outside(X).any():
+            raise ValueError("X has rows outside the bounds the model was fitted with.")
         config = self._eval_config()
         device = next(iter(self.flow_.buffers())).device
         x = float64_tensor(X, device)

@@ -44,8 +44,8 @@ def flow_matching_residuals(
     u : Tensor of shape (n, d)
     generator : torch.Generator or None
         Source of the Gaussian end points and of the times (rows and draws are paired
-        independently: a minibatch optimal-transport pairing was measured slower per epoch
-        and no better at equal time, and was removed).
+        independently: a minibatch optimal-transport pairing is slower per epoch and no
+        better at equal time).
 
     Returns
     -------
@@ -59,7 +59,7 @@ def flow_matching_residuals(
     s = torch.rand((n, 1), generator=generator, dtype=u.dtype, device=u.device)
     z = (1 - s) * u + s * noise
     n_blocks = len(flow.blocks)
-    if n_blocks == 1:  # the default: no masks (their indexing was ~6% of a d=6 step, profiled)
+    if n_blocks == 1:  # the default: no masks (their indexing is a noticeable share of a step)
         length = flow.blocks[0].integration_time
         prediction = flow.blocks[0].field(s * length, z)
         return (prediction - (noise - u) / length).pow(2).sum(dim=1)

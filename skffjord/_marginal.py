@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 __all__ = ["QuantileGaussianizer", "quantile_knots"]
 
-#: Most knot intervals per feature (not tuned: every run in the README used 64).
+#: Most knot intervals per feature (not tuned).
 MAX_INTERVALS = 64
 #: Training rows (effective count) per knot interval, at least.
 ROWS_PER_INTERVAL = 100

@@ -25,15 +25,13 @@ FIXED_GRID_METHODS = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "im
 #: Number of fixed steps over [0, T] when a fixed-grid method is given no step size.
 DEFAULT_FIXED_STEPS = 10
 #: The same for likelihood training solves (FFJORDDensity's ``ode_solver``): fewer, coarser
-#: steps train faster at equal budget (scores never come from the training solver), but
-#: too coarse a solver gets exploited by long likelihood fits: 2 steps collapsed at 60 s,
-#: 4 on a 10-minute run (GAS-shaped stand-in: 82.6 nats; with validation through the
-#: evaluation solver -3.24, stopped once exploited), 8 reached -4.13 (README, performance).
-#: With RNODE's penalties on (FFJORDDensity's defaults), 5 steps kept the gap small and
-#: matched 8 steps at equal time, and 4 steps (16 evaluations per solve) matched 5 in test
-#: NLL at 10 minutes on the five stand-ins and the real BSDS300 patches, its gap rising to
-#: about 1 nat per row by the end on all but the 6-d one. FFJORDDensity adds one step during a
-#: fit whenever the ``solver_gap`` shows exploitation (README, performance).
+#: steps train faster at equal budget (scores never come from the training solver), but a
+#: long likelihood fit learns to exploit too coarse a solver's discretisation error: the
+#: training loss keeps improving while the exact log-likelihood collapses. RNODE's penalties
+#: (on by default) keep the field smooth enough for 4 RK4 steps (16 function evaluations per
+#: solve), and FFJORDDensity adds one step during a fit whenever the ``solver_gap`` shows
+#: exploitation. Step counts are compared at equal time by ``python benchmarks/defaults.py
+#: --dataset gas --budget 600 --configs ...`` with ``ode_solver_params`` per configuration.
 TRAINING_FIXED_STEPS = 4
 
 
@@ -205,9 +203,9 @@ _DOPRI5 = _Tableau(
 )
 
 #: The per-row solver's methods (``integrate_rowwise(method=...)``).
-#: Tsitouras 5(4), Dormand-Prince 8(7) and a proportional-integral step-size controller were
-#: measured here and lost to Dormand-Prince 5(4) with the classical controller on a trained
-#: POWER-shaped model at the default tolerances: 14%, 127% and 5% more evaluations.
+#: Dormand-Prince 5(4) with the classical step-size controller: on a trained model at the
+#: default tolerances, Tsitouras 5(4), Dormand-Prince 8(7) and a proportional-integral
+#: controller each took more function evaluations per row.
 ROWWISE_TABLEAUS = {"dopri5": _DOPRI5}
 
 

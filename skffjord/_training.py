@@ -29,9 +29,9 @@ __all__ = [
 #: row without progress (validation score, or training loss without validation; at most
 #: ``n_iter_no_change``) the step size is multiplied by :data:`LR_FACTOR` (going on from the
 #: best-validation weights when there is validation), at most :data:`LR_MAX_REDUCTIONS`
-#: times; the fit stops only when the lowest step size stalls too. A MINIBOONE-shaped
-#: 10-minute fit that had stalled at -24.05 (validation) reached -24.46 within 60 s of its
-#: first reduction (README, performance).
+#: times; the fit stops only when the lowest step size stalls too. A likelihood fit that
+#: stalls at a constant step size is limited by Adam's step noise, which a smaller step size
+#: removes: the first reduction is usually followed by a jump of the validation score.
 LR_PATIENCE = 4
 LR_FACTOR = 0.3
 LR_MAX_REDUCTIONS = 3
@@ -39,10 +39,9 @@ LR_MAX_REDUCTIONS = 3
 #: then: a short low step size at the end of a fit cut by the clock (or the epoch count).
 LR_LATE_SHARE = 0.8
 #: No reduction before this share of the phase's budget: early on, a best score that is not
-#: beaten for a few epochs is mostly noise about a rising trend. On a GAS-shaped 10-minute
-#: fit, three reductions within the first 170 s of a 470-s likelihood phase left it at
-#: -4.584 against -4.672 at a constant step size (README, performance). The share of the
-#: budget used is that of ``max_time`` or of ``max_iter``, whichever is further along.
+#: beaten for a few epochs is mostly noise about a rising trend, and reductions taken then
+#: leave the rest of the phase at too small a step size. The share of the budget used is
+#: that of ``max_time`` or of ``max_iter``, whichever is further along.
 LR_EARLIEST_SHARE = 0.5
 
 
@@ -423,8 +422,8 @@ def train_flow(
     last_good = _Checkpoint(params)
     best_state = _snapshot(flow)
     # Flow matching only: its loss is a noisy regression whose raw weights jitter about the
-    # optimum, while the likelihood phase is still making steady progress, which an average
-    # lags behind (README, performance: 1 nat lost at 10 minutes, MINIBOONE-shaped).
+    # optimum, while the likelihood phase is still making steady progress at the end of a
+    # budget, which an average lags behind.
     average = None
     if config.averaging_decay is not None and config.training == "flow_matching":
         average = WeightAverage(params, config.averaging_decay)

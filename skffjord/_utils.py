@@ -76,8 +76,8 @@ def resolve_device(device: str, *, fallback: bool = False) -> torch.device:
 def has_native_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX).
 
-    Without such instructions PyTorch emulates bfloat16 products, which we expect to be no
-    faster than float32 (not measured: the development machine has the instructions).
+    Without such instructions PyTorch emulates bfloat16 products, which are expected to be
+    no faster than float32 (not measured).
     """
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -92,10 +92,9 @@ def has_native_bfloat16() -> bool:
 
 
 #: Narrowest widest-hidden-layer at which ``train_dtype='auto'`` trains in bfloat16. Below
-#: it a likelihood step is bound by per-operation overhead, not by its matrix products:
-#: bfloat16 took 0.87-1.24 times float32's time per step at width 128 (d = 6, 8), against
-#: 1.22x faster at 192 (d = 21) and 1.46-1.81x at 256 (d = 63, 43)
-#: (``benchmarks/step_cost.py``).
+#: it a likelihood step is bound by per-operation overhead, not by its matrix products, and
+#: bfloat16 gains nothing; from it on, the products dominate and bfloat16 steps are faster
+#: (``python benchmarks/step_cost.py`` times both at the default width of each d).
 BFLOAT16_MIN_WIDTH = 192
 
 

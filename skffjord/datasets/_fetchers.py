@@ -38,8 +38,8 @@ MAF_ARCHIVE = RemoteFile(
     url="https://zenodo.org/record/1161203/files/data.tar.gz",
 )
 """MAF's preprocessed datasets: G. Papamakarios, "Preprocessed datasets for MAF experiments",
-Zenodo, 2018, doi:10.5281/zenodo.1161203. Its checksum is not recorded here (we could not read
-it offline); the byte count the server announces, the members' checks and the shapes are."""
+Zenodo, 2018, doi:10.5281/zenodo.1161203. Its checksum is not recorded here; the byte count
+the server announces, the members' checks and the shapes are."""
 
 BSDS300_IMAGES = RemoteFile(
     filename="BSDS300-images.tgz",
