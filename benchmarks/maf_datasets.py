@@ -151,8 +151,11 @@ def run_one(name, args):
     overrides = {
         "hidden_layer_sizes": args.hidden_layer_sizes
         and tuple(int(v) for v in args.hidden_layer_sizes.split(",")),
-        "ode_solver": args.ode_solver,
-        "ode_solver_params": args.step_size and {"step_size": args.step_size},
+        "solver": (args.ode_solver or args.step_size)
+        and {
+            "method": args.ode_solver or "rk4",
+            "options": args.step_size and {"step_size": args.step_size},
+        },
         "batch_size": args.batch_size,
         "learning_rate_init": args.learning_rate,
         "max_iter": args.max_iter,

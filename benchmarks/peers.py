@@ -171,9 +171,7 @@ def run_ffjord(name, train, val, test, budget, seed):
         random_state=seed,
         max_iter=10**6,
         training="likelihood",
-        ode_solver="dopri5",
-        kinetic_energy_reg=0.0,
-        jacobian_reg=0.0,
+        solver={"method": "dopri5", "kinetic_energy_reg": 0.0, "jacobian_reg": 0.0},
     )
     model = FFJORDDensity(warm_start=True, **params)
     curve, spent, steps, nfe = [], 0.0, 0, []

@@ -67,7 +67,7 @@ def main(argv=None):
     # every entry to the network: the plain field (flow matching), the closed-form trace
     # with or without the Jacobian penalty's product (likelihood training, validation) and
     # the buffered scoring path; none of them calls another
-    for name in ("forward", "_forward_with_trace", "forward_with_trace_into"):
+    for name in ("forward", "forward_with_trace", "forward_with_trace_into"):
         setattr(VectorField, name, timer.wrap(getattr(VectorField, name)))
 
     def phase(name, run):

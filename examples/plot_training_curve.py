@@ -27,7 +27,7 @@ runs = {
     "hybrid (default)": FFJORDDensity(early_stopping=True, max_time=20, max_iter=10**6),
     "likelihood, dopri5": FFJORDDensity(
         training="likelihood",
-        ode_solver="dopri5",
+        solver={"method": "dopri5"},
         early_stopping=True,
         max_time=20,
         max_iter=10**6,

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BoundsMap", "ChainedMap", "check_bounds", "outside_support", "support"]
+__all__ = [
+    "BoundsMap",
+    "ChainedMap",
+    "check_bounds",
+    "check_inside",
+    "outside_support",
+    "support",
+]
 
 
 def _feature_index(key: Any, n_features: int, feature_names: np.ndarray | None) -> int:
@@ -89,6 +96,19 @@ def support(bounds: np.ndarray, resolution: np.ndarray) -> np.ndarray:
 def outside_support(X: np.ndarray, interval: np.ndarray) -> np.ndarray:
     """Rows of ``X`` with a value on or beyond a bound of ``interval`` (shape (n, 2))."""
     return np.any((X <= interval[:, 0]) | (X >= interval[:, 1]), axis=1)
+
+
+def check_inside(X: np.ndarray, bounds: np.ndarray, interval: np.ndarray) -> None:
+    """Raise if a row of ``X`` lies on or beyond the support ``interval`` of ``bounds``."""
+    outside = outside_support(X, interval)
+    if outside.any():
+        row = X[outside][0]
+        j = int(np.flatnonzero((row <= interval[:, 0]) | (row >= interval[:, 1]))[0])
+        raise ValueError(
+            f"X has values on or outside the bounds of feature {j} ({bounds[j, 0]}, "
+            f"{bounds[j, 1]}), e.g. {row[j]!r}; a continuous feature must lie strictly "
+            "inside its bounds (a discrete one within them)."
+        )
 
 
 class BoundsMap(nn.Module):

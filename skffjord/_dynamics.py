@@ -1,8 +1,10 @@
-"""The vector field f(z, t): a time-conditioned concat-squash MLP."""
+"""The vector field ``f(z, t)``: a time-conditioned concat-squash MLP, its closed-form
+Jacobian trace and its fused scoring kernel."""
 
 from __future__ import annotations
 
 import math
+from typing import overload
 
 import torch
 from torch import Tensor, nn
@@ -60,14 +62,13 @@ SOFTPLUS_FLOOR = -80.0
 
 
 def _softplus_and_slope_(pre: Tensor, slope: Tensor, scratch: Tensor) -> tuple[Tensor, Tensor]:
-    """Softplus of ``pre`` and its slope ``sigmoid(pre)``, from one sigmoid and one log:
-    ``softplus(x) = x - log(sigmoid(x))``. ``pre`` is overwritten with the softplus and
-    returned with ``slope``; ``scratch`` is clobbered (all three shaped alike).
+    """Softplus of ``pre`` and its slope ``sigmoid(pre)`` from one sigmoid and one log,
+    ``softplus(x) = x - log(sigmoid(x))``, in place: ``pre`` becomes the softplus, ``slope``
+    receives the slope and ``scratch`` is clobbered (all three shaped alike).
 
-    One sigmoid and one log cost less than ``F.softplus`` plus ``sigmoid`` on CPUs without
-    AVX-512, with the same float32 accuracy against float64; on AVX-512 CPUs the two routes
-    cost about the same. For the scoring path only: in the training forward, autograd's
-    backward pass through the log takes back what the route saves.
+    Cheaper than ``F.softplus`` plus ``sigmoid`` on CPUs without AVX-512, at the same
+    accuracy. For the scoring kernel only: in training, autograd's backward pass through
+    the log costs more than the route saves.
     """
     pre.clamp_min_(SOFTPLUS_FLOOR)
     torch.sigmoid(pre, out=slope)
@@ -224,59 +225,131 @@ class VectorField(nn.Module):
         """Whether :meth:`forward_with_trace` applies (at most two hidden layers)."""
         return len(self.layers) <= 3
 
-    def forward_with_trace(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Evaluate ``f(z, t)`` and the exact ``tr(df/dz)`` per row in closed form.
+    @overload
+    def forward_with_trace(
+        self, t: Tensor, z: Tensor, v: None = None, rows: None = None
+    ) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def forward_with_trace(
+        self, t: Tensor, z: Tensor, v: Tensor, rows: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]: ...
+
+    def forward_with_trace(
+        self, t: Tensor, z: Tensor, v: Tensor | None = None, rows: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
+        """Evaluate ``f(z, t)``, the exact ``tr(df/dz)`` per row in closed form and, given
+        ``v``, the Jacobian-vector product ``(df/dz) v``. Differentiable.
 
         With gates ``g_k`` and activation slopes ``s_k``, write ``u_k = g_k * s_k``. The
         Jacobian is ``W_3 diag(u_2) W_2 diag(u_1) W_1`` (two hidden layers), so by the
         cyclic property ``tr = u_2^T (W_2 * (W_1 W_3)^T) u_1``: the ``h_2 x h_1`` matrix
         is shared by all rows (the last layer is ungated), and the per-row cost is one
         hidden-layer product instead of ``d`` vector-Jacobian products. One hidden layer
-        gives ``u_1 . diag(W_1 W_2)``; none gives ``tr(W_1)``. Differentiable.
+        gives ``u_1 . diag(W_1 W_2)``; none gives ``tr(W_1)``.
+
+        The product ``W_3 (u_2 * (W_2 (u_1 * (W_1 v))))`` reuses the trace's slopes: about
+        one more evaluation of the field, and no second-order graph when it is
+        differentiated (RNODE's Frobenius penalty ``|J v|^2``, an unbiased estimate of
+        ``|J|_F^2`` for Rademacher or Gaussian ``v``).
+
+        Parameters
+        ----------
+        t : Tensor
+            The time: a scalar, or one per row of shape ``(batch, 1)``.
+        z : Tensor of shape (batch, d)
+            The state.
+        v : Tensor of shape (batch, d) or (len(rows), d), optional
+            Vectors to multiply by the Jacobian, one per row (of ``rows`` when given).
+        rows : Tensor of int, optional
+            Indices into ``z``'s rows, one per row of ``v``: the product is taken at those
+            rows only, at a share of the cost. ``None``: ``v`` has a row for every row.
+
+        Returns
+        -------
+        f : Tensor of shape (batch, d)
+            The field, in ``z``'s precision (also under mixed precision).
+        trace : Tensor of shape (batch,)
+            ``tr(df/dz)`` per row.
+        jvp : Tensor of shape (len(v), d)
+            ``(df/dz) v`` per row of ``v``; returned only when ``v`` is given.
 
         Raises
         ------
         ValueError
-            With more than two hidden layers (use :func:`exact_trace`).
+            With more than two hidden layers (the autograd trace,
+            :func:`~skffjord._divergence.exact_trace`, covers those).
         """
-        f, trace, _ = self._forward_with_trace(t, z, None)
-        return f, trace
+        if not self.has_closed_form_trace:
+            raise ValueError("The closed-form trace needs at most two hidden layers.")
+        h = z
+        slopes = []
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            pre, gate = layer.forward_with_gate(t, h)
+            if v is not None:
+                v = v @ layer.linear.weight.T
+            if i < last:
+                h = self.activations[i](pre)
+                slope = activation_derivative(self.activation, pre, h)
+                slopes.append(slope * gate)
+                if v is not None:
+                    v = v * (slopes[-1] if rows is None else slopes[-1][rows])
+            else:
+                h = pre
+        weights = [layer.linear.weight for layer in self.layers]
+        if len(weights) == 1:
+            trace = torch.diagonal(weights[0]).sum().expand(z.shape[0])
+        elif len(weights) == 2:
+            diag = (weights[0] * weights[1].T).sum(-1)  # diag(W_1 W_2)
+            trace = slopes[0] @ diag
+        else:
+            trace = ((slopes[1] @ self._trace_kernel()) * slopes[0]).sum(-1)
+        # in z's precision also under mixed precision (torch.autocast), as the solver's states
+        if v is None:
+            return h.to(z.dtype), trace.to(z.dtype)
+        return h.to(z.dtype), trace.to(z.dtype), v.to(z.dtype)
 
     def forward_with_trace_and_jvp(
         self, t: Tensor, z: Tensor, v: Tensor, rows: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """:meth:`forward_with_trace` plus the Jacobian-vector product ``(df/dz) v`` per row.
-
-        The product is pushed through the linearised network, ``W_3 (u_2 * (W_2 (u_1 *
-        (W_1 v))))``, from the slopes the trace already needs: about the cost of one more
-        evaluation of the field, with no vector-Jacobian product and so no second-order
-        graph when it is differentiated (RNODE's Frobenius penalty ``|J v|^2``, an unbiased
-        estimate of ``|J|_F^2`` for Rademacher or Gaussian ``v``).
-
-        ``rows`` (indices into ``z``'s rows, one per row of ``v``) takes the product at
-        those rows only, at a share of the cost; ``None``: ``v`` has a row for every row.
-        """
-        return self._forward_with_trace(t, z, v, rows)  # type: ignore[return-value]
+        """The same as ``forward_with_trace(t, z, v, rows)``: ``(f, trace, (df/dz) v)``."""
+        return self.forward_with_trace(t, z, v, rows)
 
     def forward_with_trace_into(
         self, t: Tensor, z: Tensor, workspace: dict[str, Tensor]
     ) -> tuple[Tensor, Tensor]:
-        """:meth:`forward_with_trace` without autograd, its hidden activations written into
-        ``workspace`` instead of fresh tensors.
+        """The fused scoring kernel: :meth:`forward_with_trace` without autograd, its
+        intermediates written into ``workspace`` instead of fresh tensors.
 
-        For scoring, where one solve calls the field hundreds of times on up to thousands of
-        rows. Every call of :meth:`forward_with_trace` allocates about ten ``(batch, width)``
-        temporaries of a MiB or more, and the C allocator often returns such blocks to the
-        system and takes them back, a page fault per 4 KiB touched, so that scoring time
-        varies from one process to the next with the number of faults taken. Here the
-        buffers are allocated at the first call, at its
-        number of rows, and reused: later calls may have fewer rows (a per-row solver
-        drops finished rows), never more. The trace's weight kernel is computed once too, so
-        make one ``workspace`` (an empty dict) per solve, with the weights fixed.
+        One scoring solve calls the field hundreds of times on up to thousands of rows. Fresh
+        ``(batch, width)`` temporaries on every call are large blocks that the C allocator
+        hands back to the system and takes again, a page fault per page touched; reused
+        buffers avoid that. They are allocated at the first call, at its number of rows;
+        later calls may have fewer rows (a per-row solver drops finished rows), never more.
+        The trace's weight kernel is computed at the first call too, so use one
+        ``workspace`` per solve, with the weights fixed.
 
-        Only for two hidden layers with the softplus or tanh activation
-        (:attr:`has_fast_scoring_path`); results equal :meth:`forward_with_trace`'s up to
-        rounding.
+        Parameters
+        ----------
+        t : Tensor
+            The time: a scalar, or one per row of shape ``(batch, 1)``.
+        z : Tensor of shape (batch, d)
+            The state.
+        workspace : dict of str to Tensor
+            This solve's buffers: an empty dict at the first call.
+
+        Returns
+        -------
+        f : Tensor of shape (batch, d)
+        trace : Tensor of shape (batch,)
+            Equal to :meth:`forward_with_trace`'s up to rounding.
+
+        Raises
+        ------
+        ValueError
+            Unless the network has two hidden layers and the softplus or tanh activation
+            (:attr:`has_fast_scoring_path`).
         """
         if not self.has_fast_scoring_path:
             raise ValueError("The workspace path needs two hidden layers, softplus or tanh.")
@@ -322,44 +395,11 @@ class VectorField(nn.Module):
         return f, trace
 
     def _trace_kernel(self) -> Tensor:
-        """``W_2 * (W_1 W_3)^T``, shape ``(h_2, h_1)``: the rows' shared part of the
-        closed-form trace with two hidden layers."""
+        """``W_2 * (W_1 W_3)^T``, the rows' shared part of the two-layer trace."""
         w1, w2, w3 = (layer.linear.weight for layer in self.layers)
         return w2 * (w1 @ w3).T
 
     @property
     def has_fast_scoring_path(self) -> bool:
-        """Whether :meth:`forward_with_trace_into` applies (two hidden layers, softplus or
-        tanh)."""
+        """Whether the fused kernel :meth:`forward_with_trace_into` applies."""
         return len(self.layers) == 3 and self.activation in ("softplus", "tanh")
-
-    def _forward_with_trace(
-        self, t: Tensor, z: Tensor, v: Tensor | None, rows: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        if not self.has_closed_form_trace:
-            raise ValueError("The closed-form trace needs at most two hidden layers.")
-        h = z
-        slopes = []
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            pre, gate = layer.forward_with_gate(t, h)
-            if v is not None:
-                v = v @ layer.linear.weight.T
-            if i < last:
-                h = self.activations[i](pre)
-                slope = activation_derivative(self.activation, pre, h)
-                slopes.append(slope * gate)
-                if v is not None:
-                    v = v * (slopes[-1] if rows is None else slopes[-1][rows])
-            else:
-                h = pre
-        weights = [layer.linear.weight for layer in self.layers]
-        if len(weights) == 1:
-            trace = torch.diagonal(weights[0]).sum().expand(z.shape[0])
-        elif len(weights) == 2:
-            diag = (weights[0] * weights[1].T).sum(-1)  # diag(W_1 W_2)
-            trace = slopes[0] @ diag
-        else:
-            trace = ((slopes[1] @ self._trace_kernel()) * slopes[0]).sum(-1)
-        # in z's precision also under mixed precision (torch.autocast), as the solver's states
-        return h.to(z.dtype), trace.to(z.dtype), None if v is None else v.to(z.dtype)

@@ -41,8 +41,8 @@ class SolverError(RuntimeError):
     Raised by ``fit``, ``score_samples``, ``score``, ``sample`` and ``trajectory`` with a
     message that says which of these happened. A ``fit`` that raises it leaves the previously
     fitted model in place. The usual remedies are a looser tolerance, a larger step cap
-    (``max_num_steps``, or ``eval_ode_solver_params={"max_num_steps": ...}`` for scoring) or a
-    check of the data for extreme values.
+    (``solver={"max_num_steps": ...}``, or ``eval_solver={"max_num_steps": ...}`` for
+    scoring) or a check of the data for extreme values.
 
     Examples
     --------
@@ -53,13 +53,13 @@ class SolverError(RuntimeError):
     >>> X = np.random.default_rng(0).normal(size=(200, 2))
     >>> model = FFJORDDensity(hidden_layer_sizes=(16, 16), max_iter=5, random_state=0)
     >>> model = model.fit(X)
-    >>> model.set_params(eval_ode_solver_params={"max_num_steps": 2})
-    FFJORDDensity(eval_ode_solver_params={'max_num_steps': 2}, ...)
+    >>> model.set_params(eval_solver={"max_num_steps": 2})
+    FFJORDDensity(eval_solver={'max_num_steps': 2}, ...)
     >>> model.score_samples(X[:5])
     Traceback (most recent call last):
         ...
     skffjord.SolverError: the per-row solver reached its step cap (2 steps)
-    >>> model.set_params(eval_ode_solver_params=None).score_samples(X[:5]).shape
+    >>> model.set_params(eval_solver=None).score_samples(X[:5]).shape
     (5,)
     """
 
@@ -202,10 +202,10 @@ _DOPRI5 = _Tableau(
     error_order=5,
 )
 
-#: The per-row solver's methods (``integrate_rowwise(method=...)``).
-#: Dormand-Prince 5(4) with the classical step-size controller: on a trained model at the
-#: default tolerances, Tsitouras 5(4), Dormand-Prince 8(7) and a proportional-integral
-#: controller each took more function evaluations per row.
+#: The per-row solver's methods (``integrate_rowwise(method=...)``): Dormand-Prince 5(4)
+#: with the classical step-size controller, which needs fewer function evaluations per row
+#: on trained fields at the default tolerances than Tsitouras 5(4), Dormand-Prince 8(7) or
+#: a proportional-integral controller.
 ROWWISE_TABLEAUS = {"dopri5": _DOPRI5}
 
 

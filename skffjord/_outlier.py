@@ -11,7 +11,7 @@ from sklearn.base import OutlierMixin, _fit_context
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-from ._estimator import _FITTED, FFJORDDensity
+from ._estimator import FITTED, FFJORDDensity
 
 __all__ = ["FFJORDOutlierDetector"]
 
@@ -89,7 +89,7 @@ validation_scores_, best_validation_score_, best_loss_, device_, stop_reason_
             The fitted detector. If ``fit`` raises, a previously fitted detector is left
             untouched.
         """
-        keys = (*_FITTED, "offset_")
+        keys = (*FITTED, "offset_")
         saved = {k: self.__dict__[k] for k in keys if k in self.__dict__}
         try:
             super().fit(X, y, sample_weight=sample_weight)

@@ -20,10 +20,8 @@ TINY = dict(
     training="likelihood",
     hidden_layer_sizes=(8,),
     max_iter=2,
-    ode_solver="rk4",
-    ode_solver_params={"step_size": 0.5},
-    eval_atol=1e-5,
-    eval_rtol=1e-5,
+    solver={"method": "rk4", "options": {"step_size": 0.5}},
+    eval_solver={"atol": 1e-5, "rtol": 1e-5},
 )
 
 

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from skffjord import FFJORDDensity
-from skffjord._training import WeightAverage
+from skffjord._callbacks import WeightAverage
 
 
 def test_average_follows_the_warmed_up_recursion():
@@ -39,54 +38,97 @@ def test_applied_swaps_in_the_average_and_restores_the_trained_weights_on_error(
     assert torch.equal(p.detach(), averaged)
 
 
-def _fit(X, **kw):
-    params = dict(
-        hidden_layer_sizes=(16, 16), training="flow_matching", max_iter=6, batch_size=32,
-        random_state=0, learning_rate_init=1e-2, early_stopping=False,
-    )  # fmt: skip
-    params.update(kw)
-    return FFJORDDensity(**params).fit(X)
+def test_applied_weights_are_the_moving_average_computed_by_hand():
+    gen = torch.Generator().manual_seed(0)
+    params = [
+        torch.nn.Parameter(torch.randn(4, 3, generator=gen)),
+        torch.nn.Parameter(torch.randn(2, generator=gen)),
+    ]
+    by_hand = [p.detach().double().clone() for p in params]
+    average = WeightAverage(params, decay=0.8)
+    for k in range(1, 16):
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn(p.shape, generator=gen))
+        average.update()
+        decay = min(0.8, (1 + k) / (10 + k))
+        by_hand = [
+            decay * a + (1 - decay) * p.detach().double()
+            for a, p in zip(by_hand, params, strict=True)
+        ]
+    trained = [p.detach().clone() for p in params]
+    with average.applied():
+        for p, expected in zip(params, by_hand, strict=True):
+            torch.testing.assert_close(p.detach().double(), expected, rtol=1e-6, atol=1e-6)
+    for p, t in zip(params, trained, strict=True):
+        assert torch.equal(p.detach(), t)  # the trained weights are back, bit for bit
+
+
+def test_only_flow_matching_fits_with_a_decay_are_averaged():
+    from skffjord._fit_config import FitConfig
+    from skffjord._flow import TrainConfig
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+
+    def config(training, decay):
+        return FitConfig(
+            batch_size=8, learning_rate_init=1e-3, alpha=0.0, max_iter=1, max_time=None,
+            tol=0.0, n_iter_no_change=1, shuffle=True, solver=TrainConfig(method="rk4"),
+            training=training, averaging_decay=decay,
+        )  # fmt: skip
+
+    average = WeightAverage.from_config(params, config("flow_matching", 0.9))
+    assert isinstance(average, WeightAverage) and average.decay == 0.9
+    assert WeightAverage.from_config(params, config("flow_matching", None)) is None
+    assert WeightAverage.from_config(params, config("likelihood", 0.9)) is None
+
+
+def test_a_non_finite_average_is_not_applied():
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    average = WeightAverage([p], decay=0.5)
+    average.average[0][0] = float("nan")
+    average.apply_if_finite()
+    assert torch.equal(p.detach(), torch.tensor([1.0, 2.0]))
+    average.average[0][0] = 3.0
+    average.apply_if_finite()
+    assert torch.equal(p.detach(), torch.tensor([3.0, 2.0]))
 
 
 def test_fitted_weights_are_the_average_not_the_last_step(monkeypatch):
-    import skffjord._training as training
-
-    X = np.random.default_rng(0).normal(size=(200, 2))
     captured = {}
-    apply = training.WeightAverage.apply
+    apply = WeightAverage.apply
 
     def spy(self):
         captured["average"] = [a.clone() for a in self.average]
         captured["last"] = [p.detach().clone() for p in self.params]
         apply(self)
 
-    monkeypatch.setattr(training.WeightAverage, "apply", spy)
-    model = _fit(X, averaging_decay=0.9)
-    fitted = [p.detach() for p in model.flow_.parameters() if p.requires_grad]
+    monkeypatch.setattr(WeightAverage, "apply", spy)
+    flow, result, _ = _train(0.9, "flow_matching", validate=False)
+    assert result.stop_reason == "max_iter"
+    fitted = [p.detach() for p in flow.parameters() if p.requires_grad]
     assert len(fitted) == len(captured["average"])
-    assert all(
-        torch.allclose(f, a.double()) for f, a in zip(fitted, captured["average"], strict=True)
-    )
-    assert any(
-        not torch.allclose(f, q.double()) for f, q in zip(fitted, captured["last"], strict=True)
-    )
+    assert all(torch.equal(f, a) for f, a in zip(fitted, captured["average"], strict=True))
+    assert any(not torch.equal(f, q) for f, q in zip(fitted, captured["last"], strict=True))
     # the same fit without averaging ends on the last step's weights, which differ
-    plain = _fit(X, averaging_decay=None)
-    assert not np.allclose(plain.score_samples(X[:20]), model.score_samples(X[:20]))
+    plain_flow, _, _ = _train(None, "flow_matching", validate=False)
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(flow.parameters(), plain_flow.parameters(), strict=True)
+    )
 
 
 def test_interrupted_fit_without_validation_keeps_the_average(monkeypatch):
-    import skffjord._training as training
+    import skffjord._optimizer_steps as optimizer_steps
 
-    X = np.random.default_rng(0).normal(size=(200, 2))
     captured = {}
     calls = {"n": 0}
-    loss = training.flow_matching_loss
-    update = training.WeightAverage.update
+    loss = optimizer_steps.flow_matching_loss
+    update = WeightAverage.update
 
     def interrupting_loss(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 15:
+        if calls["n"] == 5:  # the first step of the third epoch
             raise KeyboardInterrupt
         return loss(*args, **kwargs)
 
@@ -95,20 +137,17 @@ def test_interrupted_fit_without_validation_keeps_the_average(monkeypatch):
         captured["average"] = [a.clone() for a in self.average]
         captured["last"] = [p.detach().clone() for p in self.params]
 
-    monkeypatch.setattr(training, "flow_matching_loss", interrupting_loss)
-    monkeypatch.setattr(training.WeightAverage, "update", spy)
-    model = _fit(X, averaging_decay=0.9)
-    assert model.stop_reason_ == "interrupted"
-    fitted = [p.detach() for p in model.flow_.parameters() if p.requires_grad]
-    assert all(
-        torch.allclose(f, a.double()) for f, a in zip(fitted, captured["average"], strict=True)
-    )
-    assert any(
-        not torch.allclose(f, q.double()) for f, q in zip(fitted, captured["last"], strict=True)
-    )
+    monkeypatch.setattr(optimizer_steps, "flow_matching_loss", interrupting_loss)
+    monkeypatch.setattr(WeightAverage, "update", spy)
+    flow, result, _ = _train(0.9, "flow_matching", validate=False)
+    assert result.stop_reason == "interrupted" and result.n_iter == 2
+    fitted = [p.detach() for p in flow.parameters() if p.requires_grad]
+    assert all(torch.equal(f, a) for f, a in zip(fitted, captured["average"], strict=True))
+    assert any(not torch.equal(f, q) for f, q in zip(fitted, captured["last"], strict=True))
 
 
-def _train(averaging_decay, training):
+def _train(averaging_decay, training, validate=True):
+    """``train_flow`` for 6 epochs of 2 steps; ``validate``: with 20 validation rows."""
     from skffjord._flow import EvalConfig, FFJORDFlow, TrainConfig
     from skffjord._training import FitConfig, train_flow
 
@@ -125,8 +164,9 @@ def _train(averaging_decay, training):
         validation_solver=EvalConfig(atol=1e-6, rtol=1e-6),
         solver=TrainConfig(method="rk4", options={"step_size": 0.25}),
     )  # fmt: skip
+    u_val, w_val = (X[40:], w[40:]) if validate else (None, None)
     result = train_flow(
-        flow, X[:40], w[:40], X[40:], w[40:], config, rng=np.random.default_rng(0), generator=gen
+        flow, X[:40], w[:40], u_val, w_val, config, rng=np.random.default_rng(0), generator=gen
     )
     return flow, result, (X[40:], w[40:], config)
 
@@ -151,9 +191,3 @@ def test_likelihood_training_is_not_averaged():
     assert [h["valid_score"] for h in result.history] == [h["valid_score"] for h in plain.history]
     for a, b in zip(flow.parameters(), plain_flow.parameters(), strict=True):
         assert torch.equal(a, b)
-
-
-def test_averaging_decay_is_validated():
-    X = np.zeros((10, 2))
-    with pytest.raises(ValueError, match="averaging_decay"):
-        FFJORDDensity(averaging_decay=1.0).fit(X)

@@ -18,7 +18,10 @@ import pytest
 
 from skffjord.datasets import (
     DataIntegrityError,
-    _fetchers,
+    _bsds300,
+    _bsds300_images,
+    _maf_archive,
+    _specs,
     fetch_bsds300,
     fetch_dataset,
     fetch_gas,
@@ -27,8 +30,7 @@ from skffjord.datasets import (
     fetch_power,
     get_data_home,
 )
-from skffjord.datasets._base import cache_path
-from skffjord.datasets._bsds300 import images_digest
+from skffjord.datasets._bsds300_images import images_digest
 from skffjord.datasets._download import RemoteFile, git_blob_sha1
 from skffjord.datasets._preprocessing import (
     preprocess_gas,
@@ -37,6 +39,7 @@ from skffjord.datasets._preprocessing import (
     preprocess_power,
     split_sizes,
 )
+from skffjord.datasets._splits import cache_path
 
 from .test_datasets_preprocessing import _gas_frame, _hepmass_frames, _power_raw
 
@@ -178,7 +181,7 @@ def _serve_maf_archive(server, monkeypatch, members):
     archive = _tar_gz(members)
     server.routes["/maf/data.tar.gz"] = archive
     monkeypatch.setattr(
-        _fetchers,
+        _maf_archive,
         "MAF_ARCHIVE",
         RemoteFile(
             "data.tar.gz",
@@ -196,12 +199,12 @@ def maf_server(server, monkeypatch):
     _serve_maf_archive(server, monkeypatch, members)
     npy = members["data/miniboone/data.npy"]
     blob = hashlib.sha1(b"blob %d\0" % len(npy) + npy).hexdigest()
-    for name in _fetchers.SPECS:
+    for name in _specs.SPECS:
         sizes = tuple(part.shape[0] for part in _expected(name, raw))
-        spec = replace(_fetchers.SPECS[name], split_sizes=sizes)
+        spec = replace(_specs.SPECS[name], split_sizes=sizes)
         if name == "miniboone":
             spec = replace(spec, member_blobs=(("miniboone/data.npy", blob),))
-        monkeypatch.setitem(_fetchers.SPECS, name, spec)
+        monkeypatch.setitem(_specs.SPECS, name, spec)
     server.raw = raw
     server.members = members
     return server
@@ -231,7 +234,7 @@ def test_fetch_downloads_verifies_processes_and_caches(maf_server, tmp_path, nam
     home = tmp_path / "home"
     bunch = FETCHERS[name](home, verbose=False)
     expected = _expected(name, maf_server.raw)
-    spec = _fetchers.SPECS[name]
+    spec = _specs.SPECS[name]
     for split, want in zip(("train", "validation", "test"), expected, strict=True):
         got = bunch[split]
         assert got.shape == (want.shape[0], spec.n_features)
@@ -288,7 +291,9 @@ def test_truncated_download_is_retried(maf_server, tmp_path):
 
 
 def test_wrong_checksum_raises_and_leaves_nothing(maf_server, monkeypatch, tmp_path):
-    monkeypatch.setattr(_fetchers, "MAF_ARCHIVE", replace(_fetchers.MAF_ARCHIVE, sha256="0" * 64))
+    monkeypatch.setattr(
+        _maf_archive, "MAF_ARCHIVE", replace(_maf_archive.MAF_ARCHIVE, sha256="0" * 64)
+    )
     with pytest.raises(DataIntegrityError, match="Checksum mismatch"):
         fetch_gas(tmp_path, verbose=False)
     assert maf_server.hits["/maf/data.tar.gz"] == 1  # a mismatch is not retried
@@ -305,8 +310,8 @@ def test_missing_member_raises_and_leaves_nothing(maf_server, monkeypatch, tmp_p
 
 
 def test_wrong_member_checksum_raises(maf_server, monkeypatch, tmp_path):
-    spec = replace(_fetchers.SPECS["miniboone"], member_blobs=(("miniboone/data.npy", "1" * 40),))
-    monkeypatch.setitem(_fetchers.SPECS, "miniboone", spec)
+    spec = replace(_specs.SPECS["miniboone"], member_blobs=(("miniboone/data.npy", "1" * 40),))
+    monkeypatch.setitem(_specs.SPECS, "miniboone", spec)
     with pytest.raises(DataIntegrityError, match="git blob id"):
         fetch_miniboone(tmp_path, verbose=False)
     assert _files(tmp_path) == ["maf/data.tar.gz"]  # no cache; the archive is kept
@@ -314,8 +319,8 @@ def test_wrong_member_checksum_raises(maf_server, monkeypatch, tmp_path):
 
 def test_wrong_shapes_raise_and_cache_nothing(maf_server, monkeypatch, tmp_path):
     # the published sizes against a small archive: the check must refuse it
-    spec = replace(_fetchers.SPECS["power"], split_sizes=(1_659_917, 184_435, 204_928))
-    monkeypatch.setitem(_fetchers.SPECS, "power", spec)
+    spec = replace(_specs.SPECS["power"], split_sizes=(1_659_917, 184_435, 204_928))
+    monkeypatch.setitem(_specs.SPECS, "power", spec)
     with pytest.raises(DataIntegrityError, match="split shapes"):
         fetch_power(tmp_path, verbose=False)
     assert _files(tmp_path) == ["maf/data.tar.gz"]  # no cache; the archive is kept
@@ -340,7 +345,7 @@ def test_corrupt_archive_already_in_place_is_reported_not_deleted(maf_server, tm
 
 
 def test_http_error_is_clear_and_not_retried(server, monkeypatch, tmp_path):
-    monkeypatch.setattr(_fetchers, "MAF_ARCHIVE", RemoteFile("data.tar.gz", server.url("/nope")))
+    monkeypatch.setattr(_maf_archive, "MAF_ARCHIVE", RemoteFile("data.tar.gz", server.url("/nope")))
     with pytest.raises(OSError, match="Could not download .*nope: HTTP 404"):
         fetch_power(tmp_path, n_retries=3, delay=0, verbose=False)
     assert server.hits["/nope"] == 1  # a 404 does not go away by asking again
@@ -349,7 +354,7 @@ def test_http_error_is_clear_and_not_retried(server, monkeypatch, tmp_path):
 
 def test_connection_refused_names_the_url(monkeypatch, tmp_path):
     monkeypatch.setattr(
-        _fetchers, "MAF_ARCHIVE", RemoteFile("data.tar.gz", "http://127.0.0.1:9/data.tar.gz")
+        _maf_archive, "MAF_ARCHIVE", RemoteFile("data.tar.gz", "http://127.0.0.1:9/data.tar.gz")
     )
     with pytest.raises(OSError, match="Could not download http://127.0.0.1:9/data.tar.gz"):
         fetch_power(tmp_path, n_retries=1, delay=0, verbose=False)
@@ -505,9 +510,9 @@ def _write_images(folder: Path, n_train=6, n_test=3, seed=0):
 @pytest.fixture
 def small_bsds300(monkeypatch):
     spec = replace(
-        _fetchers.SPECS["bsds300"], split_sizes=(300, 30, 120), images_digest=None, n_images=None
+        _specs.SPECS["bsds300"], split_sizes=(300, 30, 120), images_digest=None, n_images=None
     )
-    monkeypatch.setitem(_fetchers.SPECS, "bsds300", spec)
+    monkeypatch.setitem(_specs.SPECS, "bsds300", spec)
     return spec
 
 
@@ -538,7 +543,7 @@ def test_bsds300_patches_follow_the_image(tmp_path):
     patch differ by 4/256 plus the difference of two U[0, 1)/256 noises."""
     from PIL import Image
 
-    from skffjord.datasets._bsds300 import patches_from_images
+    from skffjord.datasets._bsds300_patches import patches_from_images
 
     ramp = np.tile((np.arange(50) * 4).astype(np.uint8), (30, 1))
     Image.fromarray(ramp).save(tmp_path / "ramp.png")
@@ -572,7 +577,7 @@ def _serve_images(server, monkeypatch, tmp_path, *, small_spec=True):
     archive = _tar_gz(members)
     server.routes["/bsds/BSDS300-images.tgz"] = archive
     monkeypatch.setattr(
-        _fetchers,
+        _bsds300_images,
         "BSDS300_IMAGES",
         RemoteFile(
             "BSDS300-images.tgz",
@@ -582,12 +587,12 @@ def _serve_images(server, monkeypatch, tmp_path, *, small_spec=True):
     )
     if small_spec:
         spec = replace(
-            _fetchers.SPECS["bsds300"],
+            _specs.SPECS["bsds300"],
             split_sizes=(300, 30, 120),
             images_digest=images_digest(source),
             n_images=(6, 3),
         )
-        monkeypatch.setitem(_fetchers.SPECS, "bsds300", spec)
+        monkeypatch.setitem(_specs.SPECS, "bsds300", spec)
     return source
 
 
@@ -606,7 +611,7 @@ def test_bsds300_incomplete_images_folder_is_replaced(server, monkeypatch, tmp_p
     home = tmp_path / "home"
     partial = home / "BSDS300" / "images" / "train"
     partial.mkdir(parents=True)
-    (partial / "1000.jpg").write_bytes(b"half an earlier attempt")  # no test/ folder
+    (partial / "1000.jpg").write_bytes(b"left by an interrupted download")  # no test/ folder
     bunch = fetch_bsds300(home, source="images", verbose=False)
     assert bunch.test.shape == (120, 63)
     assert images_digest(home / "BSDS300" / "images") == images_digest(source)
@@ -635,7 +640,7 @@ def test_bsds300_random_state_must_be_an_int(tmp_path):
 def test_read_only_data_home_with_images_warns_and_returns(small_bsds300, tmp_path, monkeypatch):
     images = tmp_path / "images"
     _write_images(images)
-    monkeypatch.setattr(_fetchers, "_is_writable", lambda folder: False)
+    monkeypatch.setattr(_bsds300, "is_writable", lambda folder: False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         bunch = fetch_bsds300(tmp_path / "home", source="images", images_dir=images)
@@ -660,10 +665,10 @@ def test_bsds300_from_the_real_images(tmp_path):
 
 def test_split_sizes_in_specs_are_the_published_ones():
     # guard against a monkeypatch leaking or an edit of the constants
-    assert _fetchers.SPECS["power"].split_sizes == split_sizes(2_049_280)
-    assert _fetchers.SPECS["bsds300"].split_sizes == (1_000_000, 50_000, 250_000)
-    assert _fetchers.SPECS["hepmass"].split_sizes == (315_123, 35_013, 174_987)
-    assert _fetchers.SPECS["gas"].split_sizes == (852_174, 94_685, 105_206)
+    assert _specs.SPECS["power"].split_sizes == split_sizes(2_049_280)
+    assert _specs.SPECS["bsds300"].split_sizes == (1_000_000, 50_000, 250_000)
+    assert _specs.SPECS["hepmass"].split_sizes == (315_123, 35_013, 174_987)
+    assert _specs.SPECS["gas"].split_sizes == (852_174, 94_685, 105_206)
 
 
 def test_git_blob_sha1_matches_git(tmp_path):
@@ -671,3 +676,12 @@ def test_git_blob_sha1_matches_git(tmp_path):
     path.write_bytes(b"hello\n")
     # `printf 'hello\n' | git hash-object --stdin`
     assert git_blob_sha1(path) == "ce013625030ba8dba906f756967f9e9ca394464a"
+
+
+def test_former_import_paths_still_work():
+    from skffjord.datasets import _fetchers
+
+    assert _fetchers.SPECS is _specs.SPECS
+    assert _fetchers.DATASETS == ("power", "gas", "hepmass", "miniboone", "bsds300")
+    for name, fetch in _fetchers.FETCHERS.items():
+        assert getattr(_fetchers, f"fetch_{name}") is fetch is FETCHERS[name]

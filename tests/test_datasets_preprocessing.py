@@ -4,7 +4,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skffjord.datasets._fetchers import SPECS
 from skffjord.datasets._preprocessing import (
     preprocess_gas,
     preprocess_hepmass,
@@ -13,6 +12,7 @@ from skffjord.datasets._preprocessing import (
     split_sizes,
     split_tail,
 )
+from skffjord.datasets._specs import SPECS
 
 
 @pytest.mark.parametrize(

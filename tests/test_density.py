@@ -21,8 +21,7 @@ def _fit(X, **kw):
     params = dict(
         hidden_layer_sizes=(32, 32),
         batch_size=256,
-        ode_solver="rk4",
-        ode_solver_params={"step_size": 0.25},
+        solver={"method": "rk4", "options": {"step_size": 0.25}},
         random_state=0,
     )
     params.update(kw)
@@ -95,13 +94,12 @@ def test_sample_then_inverse_round_trip(moons_model):
     assert np.abs(x - z).max() > 0.5  # the flow is far from the identity
     # at the default tolerance (rtol 1e-5 per step, float32) and, tightened, far closer
     np.testing.assert_allclose(model._to_latent(x), z, atol=1e-3)
-    tight = dict(eval_atol=1e-9, eval_rtol=1e-9, eval_dtype="float64")
-    defaults = {k: model.get_params()[k] for k in tight}
+    default = model.eval_solver
     try:
-        model.set_params(**tight)
+        model.set_params(eval_solver={"atol": 1e-9, "rtol": 1e-9, "dtype": "float64"})
         np.testing.assert_allclose(model._to_latent(model._to_data(z)), z, atol=1e-7)
     finally:
-        model.set_params(**defaults)
+        model.set_params(eval_solver=default)
 
 
 def test_sample_reproducible_and_random_state_respected(gaussian_model):

@@ -9,6 +9,7 @@ import torch
 from skffjord._divergence import (
     bottleneck_hutchinson_trace,
     exact_trace,
+    field_and_exact_trace,
     hutchinson_trace,
     sample_probe,
 )
@@ -77,10 +78,8 @@ def test_hutchinson_is_unbiased(kind, hidden):
 
 
 def test_bottleneck_probe_has_lower_variance():
-    """On a d=16 network with a 2-unit bottleneck the k x k probe varies less.
-
-    (Not a theorem for every network: at d=16 the ratio was below 0.5 for all of seeds 0-7.)
-    """
+    """On a d=16 network with a 2-unit bottleneck the k x k probe varies less (not a
+    theorem for every network, but true of this one by a wide margin)."""
     d, n_draws = 16, 3000
     field = _random_field(d, (64, 2, 64), seed=3)
     assert field.bottleneck_index == 1
@@ -193,8 +192,8 @@ def test_closed_form_jvp_at_a_subset_of_rows(hidden):
     t = torch.rand(9, 1, dtype=torch.float64, generator=gen)
     v = torch.randn(9, d, dtype=torch.float64, generator=gen)
     rows = torch.tensor([7, 2, 4])
-    f, trace, jv = field.forward_with_trace_and_jvp(t, z, v)
-    f_sub, trace_sub, jv_sub = field.forward_with_trace_and_jvp(t, z, v[rows], rows)
+    f, trace, jv = field.forward_with_trace(t, z, v)
+    f_sub, trace_sub, jv_sub = field.forward_with_trace(t, z, v[rows], rows)
     assert jv_sub.shape == (3, d)
     np.testing.assert_allclose(jv_sub.detach().numpy(), jv[rows].detach().numpy(), rtol=1e-14)
     np.testing.assert_allclose(f_sub.detach().numpy(), f.detach().numpy(), rtol=1e-14)
@@ -205,14 +204,14 @@ def test_closed_form_jvp_at_a_subset_of_rows(hidden):
 @pytest.mark.parametrize("hidden", [(), (7,), (9, 5)])
 @pytest.mark.parametrize("activation", ["softplus", "tanh"])
 def test_closed_form_jvp_matches_the_autograd_jacobian(hidden, activation):
-    """``forward_with_trace_and_jvp`` gives J v per row (time per row too), the same field
+    """``forward_with_trace`` with ``v`` gives J v per row (time per row too), the same field
     and trace, and the gradients of ``|J v|^2`` that double backprop of a VJP gives."""
     d = 4
     field, gen = _fully_random_field(d, hidden, activation, seed=5)
     z = torch.randn(6, d, dtype=torch.float64, generator=gen).requires_grad_(True)
     t = torch.rand(6, 1, dtype=torch.float64, generator=gen)
     v = torch.randn(6, d, dtype=torch.float64, generator=gen)
-    f, trace, jv = field.forward_with_trace_and_jvp(t, z, v)
+    f, trace, jv = field.forward_with_trace(t, z, v)
     f_ref, trace_ref = field.forward_with_trace(t, z)
     np.testing.assert_allclose(f.detach().numpy(), f_ref.detach().numpy(), rtol=1e-14)
     np.testing.assert_allclose(trace.detach().numpy(), trace_ref.detach().numpy(), rtol=1e-14)
@@ -226,8 +225,7 @@ def test_closed_form_jvp_matches_the_autograd_jacobian(hidden, activation):
     f2 = field(t, z)
     with torch.no_grad():
         frob_jvp = sum(
-            field.forward_with_trace_and_jvp(t, z, eye[k].expand(6, d))[2].pow(2).sum()
-            for k in range(d)
+            field.forward_with_trace(t, z, eye[k].expand(6, d))[2].pow(2).sum() for k in range(d)
         )
     frob_vjp = sum(
         torch.autograd.grad(f2, z, eye[k].expand(6, d), retain_graph=True)[0].pow(2).sum()
@@ -318,3 +316,77 @@ def test_scoring_softplus_and_slope_match_float64_everywhere(dtype):
     # the library's own float32 softplus is no closer than that bound
     if dtype == torch.float32:
         assert ((torch.nn.functional.softplus(pre).double() - exact).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("activation", ["softplus", "tanh"])
+@pytest.mark.parametrize("per_row_time", [False, True], ids=["fixed-time", "per-row-times"])
+def test_fused_kernel_closed_form_and_autograd_trace_agree(activation, per_row_time):
+    """In float64 the three implementations of the exact trace give one field and trace:
+    the fused scoring kernel, the closed form and autograd's ``d`` vector-Jacobian products,
+    for one time for all rows and for a time per row."""
+    d, n = 5, 30
+    field, gen = _fully_random_field(d, (11, 7), activation, seed=13)
+    z = torch.randn(n, d, dtype=torch.float64, generator=gen) * 3
+    if per_row_time:
+        t = torch.rand(n, 1, dtype=torch.float64, generator=gen)
+    else:
+        t = torch.tensor(0.37, dtype=torch.float64)
+    f_fused, trace_fused = field.forward_with_trace_into(t, z, {})
+    f_closed, trace_closed = field.forward_with_trace(t, z)
+    z_leaf = z.clone().requires_grad_(True)
+    f_auto = field(t, z_leaf)
+    trace_auto = exact_trace(f_auto, z_leaf, create_graph=False)
+    tight = dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(f_fused.numpy(), f_closed.detach().numpy(), **tight)
+    np.testing.assert_allclose(trace_fused.numpy(), trace_closed.detach().numpy(), **tight)
+    np.testing.assert_allclose(f_closed.detach().numpy(), f_auto.detach().numpy(), **tight)
+    np.testing.assert_allclose(trace_closed.detach().numpy(), trace_auto.detach().numpy(), **tight)
+
+
+def test_dispatcher_picks_the_fused_kernel_the_closed_form_or_autograd(monkeypatch):
+    """``field_and_exact_trace`` uses the fused kernel only for scoring (no graph, no
+    vectors, a workspace), the closed form whenever the network allows it and autograd for
+    deeper networks; every route gives the same trace, and only training keeps a graph."""
+    calls = []
+    for name in ("forward_with_trace_into", "forward_with_trace"):
+        method = getattr(VectorField, name)
+        monkeypatch.setattr(
+            VectorField,
+            name,
+            lambda self, *a, _m=method, _n=name: calls.append(_n) or _m(self, *a),
+        )
+    d = 4
+    field, gen = _fully_random_field(d, (9, 6), "softplus", seed=21)
+    z = torch.randn(8, d, dtype=torch.float64, generator=gen)
+    t = torch.rand(8, 1, dtype=torch.float64, generator=gen)
+    v = torch.randn(8, d, dtype=torch.float64, generator=gen)
+
+    def route(*args, **kwargs):
+        calls.clear()
+        out = field_and_exact_trace(field, t, *args, **kwargs)
+        return calls[0] if calls else "autograd", out
+
+    scoring, (f, trace, product) = route(z, create_graph=False, workspace={})
+    assert scoring == "forward_with_trace_into" and product is None
+    no_workspace, (_, trace_closed, _) = route(z, create_graph=False)
+    assert no_workspace == "forward_with_trace"
+    np.testing.assert_allclose(trace.numpy(), trace_closed.numpy(), rtol=1e-12)
+    with_vectors, (_, _, jv) = route(z, v, create_graph=False, workspace={})
+    assert with_vectors == "forward_with_trace" and not jv.requires_grad
+    training, (f, trace, jv) = route(z.requires_grad_(True), v, create_graph=True)
+    assert training == "forward_with_trace" and trace.requires_grad and jv.requires_grad
+
+    deep, gen = _fully_random_field(d, (6, 6, 6), "softplus", seed=22)
+    assert not deep.has_closed_form_trace and not deep.has_fast_scoring_path
+    calls.clear()
+    f, trace, vjp = field_and_exact_trace(deep, t, z, v, create_graph=True)
+    assert not calls and trace.requires_grad
+    expected = torch.autograd.grad(deep(t, z), z, v)[0]
+    np.testing.assert_allclose(vjp.detach().numpy(), expected.numpy(), rtol=1e-12)
+    rows = torch.tensor([5, 0, 3])
+    _, trace_rows, vjp_rows = field_and_exact_trace(
+        deep, t, z.detach(), v[rows], rows, create_graph=False, workspace={}
+    )
+    assert not trace_rows.requires_grad and vjp_rows.shape == (3, d)
+    np.testing.assert_allclose(trace_rows.numpy(), trace.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(vjp_rows.numpy(), expected[rows].numpy(), rtol=1e-12)

@@ -69,7 +69,14 @@ def test_linear_dynamics_exact_logdet(method, T):
         z.numpy(), x.numpy() @ scipy.linalg.expm(A * T).T, rtol=1e-7, atol=1e-9
     )
     # the training path (torchdiffeq, exact trace) agrees too
-    train_cfg = TrainConfig(method="dopri5", atol=1e-10, rtol=1e-10, trace_estimator="exact")
+    train_cfg = TrainConfig(
+        method="dopri5",
+        atol=1e-10,
+        rtol=1e-10,
+        trace_estimator="exact",
+        kinetic_energy_reg=0.0,
+        jacobian_reg=0.0,
+    )
     logp, _, _ = flow.train_log_prob(x, train_cfg, None)
     expected = scipy.stats.multivariate_normal(np.zeros(3), np.eye(3)).logpdf(
         x.numpy() @ scipy.linalg.expm(A * T).T
@@ -158,8 +165,8 @@ def test_rowwise_solver_matches_analytic_and_is_row_independent():
     back, _ = integrate_rowwise(func, y1, 1.3, 0.0, atol=1e-10, rtol=1e-10)
     np.testing.assert_allclose(back.numpy(), y0.numpy(), rtol=1e-8, atol=1e-9)
     # fifth order: 10^5 times tighter tolerances cost about 10 times the steps (a method
-    # of order 1 to 4 would need 10^5 to 10^1.25 times as many; a wrong coefficient in
-    # the tableau (one of Tsitouras' pair's, perturbed by 0.01) gave 19 to 294)
+    # of order 1 to 4, or a wrong coefficient in the tableau, would need 10^5 to 10^1.25
+    # times as many)
     coarse = {}
     _, nfe_coarse = integrate_rowwise(func, y0, 0.0, 1.3, atol=1e-5, rtol=1e-5, stats=coarse)
     assert 4 < nfe / nfe_coarse < 12
@@ -195,16 +202,18 @@ def test_jacobian_penalty_at_a_share_of_rows_is_unbiased(monkeypatch):
     """The Jacobian penalty taken at a random quarter of the rows, weighted up by 4, has
     the mean of the penalty at every row (the probe's draws averaged out), zero at the
     rows left out, and the log-density of the full solve."""
-    import skffjord._flow as flow_module
+    import skffjord._cnf_block as cnf_block
 
     flow = _flow(3, hidden=(16, 16))
     _randomize_last_layers(flow, scale=1.0)
     x = torch.as_tensor(np.random.default_rng(8).normal(size=(64, 3)))
-    cfg = TrainConfig(method="rk4", trace_estimator="exact", jacobian_reg=1.0)
+    cfg = TrainConfig(
+        method="rk4", trace_estimator="exact", kinetic_energy_reg=0.0, jacobian_reg=1.0
+    )
     block = flow.blocks[0]
 
     def penalties(share, seed):
-        monkeypatch.setattr(flow_module, "JACOBIAN_PENALTY_SHARE", share)
+        monkeypatch.setattr(cnf_block, "JACOBIAN_PENALTY_SHARE", share)
         with torch.no_grad():
             _, div, reg, dyn = block.forward_train(x, cfg, torch.Generator().manual_seed(seed))
         return div.numpy(), reg.numpy(), dyn

@@ -146,8 +146,7 @@ def test_flow_matching_solves_no_ode_in_training():
         X,
         max_iter=2,
         training="likelihood",
-        ode_solver="rk4",
-        ode_solver_params={"step_size": 0.25},
+        solver={"method": "rk4", "options": {"step_size": 0.25}},
     )
     assert fm.history_[-1]["nfe"] == 0
     assert ml.history_[-1]["nfe"] > 0
@@ -159,12 +158,10 @@ def test_hybrid_runs_both_phases_and_ends_on_likelihood():
     model = _fit(
         X,
         training="hybrid",
-        likelihood_fraction=0.25,
         max_iter=40,
         early_stopping=True,
         n_iter_no_change=100,
-        ode_solver="rk4",
-        ode_solver_params={"step_size": 0.25},
+        solver={"method": "rk4", "options": {"step_size": 0.25}},
     )
     phases = [h["phase"] for h in model.history_]
     assert phases == ["flow_matching"] * 30 + ["likelihood"] * 10
@@ -178,7 +175,14 @@ def test_hybrid_runs_both_phases_and_ends_on_likelihood():
     assert abs(model.score(X) - truth) < 0.05
 
 
-def test_hybrid_max_time_is_shared():
+def test_hybrid_max_time_is_shared(monkeypatch):
+    """Both phases run within one ``max_time``, on a fake clock that advances 50 ms at every
+    reading."""
+    import itertools
+    import time
+
+    readings = itertools.count()
+    monkeypatch.setattr(time, "perf_counter", lambda: 0.05 * next(readings))
     rng = np.random.default_rng(0)
     X = rng.normal(size=(3000, 4))
     model = _fit(
@@ -186,12 +190,13 @@ def test_hybrid_max_time_is_shared():
         training="hybrid",
         max_iter=10**6,
         max_time=3.0,
-        ode_solver="rk4",
-        ode_solver_params={"step_size": 0.25},
+        solver={"method": "rk4", "options": {"step_size": 0.25}},
     )
     phases = [h["phase"] for h in model.history_]
     assert "flow_matching" in phases and "likelihood" in phases
-    assert model.history_[-1]["time"] < 3.0 + 2.0  # stops near the budget (an epoch late)
+    assert model.stop_reason_ == "max_time"
+    # the phases' times add up to the budget, within a few readings
+    assert abs(model.history_[-1]["time"] - 3.0) <= 5 * 0.05
 
 
 def test_validation_loss_with_an_all_zero_weight_chunk_is_finite():

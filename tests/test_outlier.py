@@ -37,11 +37,12 @@ EXPECTED_FAILED_CHECKS = {
 
 
 #: With float32 scoring a row's score may move by rounding with the rows scored alongside it
-#: (a rounding difference can tip a step-size decision: ``eval_dtype``), and the threshold
+#: (a rounding difference can tip a step-size decision), and the threshold
 #: ``offset_`` is a percentile of the training rows' own scores, so the check's rows next to
 #: it can flip between -1 and 1 when predicted in subsets; whether one does depends on the
 #: fitted weights.
-#: With ``eval_dtype='float64'`` scores do not depend on batch-mates, and the check passes.
+#: With float64 scoring (``eval_solver={'dtype': 'float64'}``) scores do not depend on
+#: batch-mates, and the check passes.
 FLOAT32_FAILED_CHECKS = {
     **EXPECTED_FAILED_CHECKS,
     "check_methods_subset_invariance": (
@@ -53,10 +54,14 @@ FLOAT32_FAILED_CHECKS = {
 @parametrize_with_checks(
     [
         FFJORDOutlierDetector(random_state=0, **TINY),
-        FFJORDOutlierDetector(random_state=0, **{**TINY, "eval_dtype": "float64"}),
+        FFJORDOutlierDetector(
+            random_state=0, **{**TINY, "eval_solver": {**TINY["eval_solver"], "dtype": "float64"}}
+        ),
     ],
     expected_failed_checks=lambda est: (
-        EXPECTED_FAILED_CHECKS if est.eval_dtype == "float64" else FLOAT32_FAILED_CHECKS
+        EXPECTED_FAILED_CHECKS
+        if est.eval_solver.get("dtype") == "float64"
+        else FLOAT32_FAILED_CHECKS
     ),
 )
 def test_sklearn_compatible_outlier_detector(estimator, check):
@@ -124,7 +129,7 @@ def test_detects_planted_outliers_on_a_curved_inlier_set():
         hidden_layer_sizes=(32, 32),
         max_iter=30,
         learning_rate_init=5e-3,
-        ode_solver_params={"step_size": 0.25},
+        solver={"method": "rk4", "options": {"step_size": 0.25}},
     )
     test_inliers, _ = make_moons(n_samples=200, noise=0.06, random_state=2)
     X = np.vstack([test_inliers, outliers])

@@ -1,5 +1,6 @@
-"""The training loop's per-step machinery: finiteness checks, the last-good checkpoint, and
-the optimizer."""
+"""The training loop: its optimizer, its steps (non-finite losses and gradients, mixed
+precision), its time budget on an injected clock, and the step-size schedule in a fit (the
+callbacks on their own: test_callbacks.py)."""
 
 from __future__ import annotations
 
@@ -9,34 +10,10 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from skffjord import FFJORDDensity
+from skffjord import _callbacks as callbacks
+from skffjord import _optimizer_steps as optimizer_steps
 from skffjord import _training as training
-from skffjord._training import _adam, _all_finite, _Checkpoint
-
-
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_all_finite_finds_one_bad_element_in_any_tensor(bad):
-    tensors = [torch.ones(3, 4), torch.zeros(5), torch.full((2,), 3e38)]  # 3e38: near float32 max
-    assert _all_finite(tensors)
-    for i in range(len(tensors)):
-        spoiled = [t.clone() for t in tensors]
-        spoiled[i].view(-1)[-1] = bad
-        assert not _all_finite(spoiled)
-    assert _all_finite([])
-
-
-def test_checkpoint_restores_the_values_saved_last():
-    params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
-    checkpoint = _Checkpoint(params)
-    with torch.no_grad():
-        params[0].add_(1.0)
-    checkpoint.save()
-    saved = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p in params:
-            p.mul_(-7.0)
-    checkpoint.restore()
-    for p, s in zip(params, saved, strict=True):
-        torch.testing.assert_close(p.detach(), s, rtol=0, atol=0)
+from skffjord._optimizer_steps import _adam
 
 
 def test_fused_adam_takes_the_same_steps_as_the_plain_one():
@@ -71,7 +48,7 @@ class _InfiniteGradient(torch.autograd.Function):
 
 def test_an_infinite_gradient_stops_the_fit_and_keeps_the_last_good_weights(monkeypatch):
     X = np.random.default_rng(0).normal(size=(120, 2))
-    original = training.flow_matching_loss
+    original = optimizer_steps.flow_matching_loss
     calls, seen = {"n": 0}, []
 
     def loss_with_infinite_gradient_on_call_4(flow, u, w, generator):
@@ -80,14 +57,15 @@ def test_an_infinite_gradient_stops_the_fit_and_keeps_the_last_good_weights(monk
         loss = original(flow, u, w, generator)
         return _InfiniteGradient.apply(loss) if calls["n"] == 4 else loss
 
-    monkeypatch.setattr(training, "flow_matching_loss", loss_with_infinite_gradient_on_call_4)
+    monkeypatch.setattr(
+        optimizer_steps, "flow_matching_loss", loss_with_infinite_gradient_on_call_4
+    )
     model = FFJORDDensity(
         hidden_layer_sizes=(8,),
         training="flow_matching",
         standardize="affine",
         n_components=1,
         early_stopping=False,
-        averaging_decay=None,
         batch_size=40,
         max_iter=5,
         random_state=0,
@@ -111,8 +89,8 @@ def test_an_infinite_gradient_stops_the_fit_and_keeps_the_last_good_weights(monk
 def test_training_steps_run_under_autocast_and_validation_does_not(
     monkeypatch, train_dtype, expected
 ):
-    """train_dtype='bfloat16' autocasts the training steps' forward passes (flow matching
-    and the likelihood solves) and nothing else; 'float32' autocasts nothing."""
+    """solver={'dtype': 'bfloat16'} autocasts the training steps' forward passes (flow
+    matching and the likelihood solves) and nothing else; 'float32' autocasts nothing."""
     seen: dict[str, set] = {"steps": set(), "validation": set()}
 
     def precision():
@@ -126,7 +104,9 @@ def test_training_steps_run_under_autocast_and_validation_does_not(
         return wrapped
 
     monkeypatch.setattr(
-        training, "flow_matching_loss", recording("steps", training.flow_matching_loss)
+        optimizer_steps,
+        "flow_matching_loss",
+        recording("steps", optimizer_steps.flow_matching_loss),
     )
     monkeypatch.setattr(
         training.FFJORDFlow,
@@ -145,7 +125,7 @@ def test_training_steps_run_under_autocast_and_validation_does_not(
     X = np.random.default_rng(0).normal(size=(300, 3))
     model = FFJORDDensity(
         hidden_layer_sizes=(16, 16), max_iter=4, early_stopping=True, random_state=0,
-        train_dtype=train_dtype, standardize="affine",
+        solver={"dtype": train_dtype}, standardize="affine",
     )  # fmt: skip
     model.fit(X)
     assert model.train_dtype_ == train_dtype
@@ -208,103 +188,87 @@ def test_auto_precision_of_a_fit(monkeypatch):
         assert model.train_dtype_ == expected
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-def test_models_pickled_before_train_dtype_and_learning_rate_existed_still_work():
-    import pickle
+class _TickingClock:
+    """A fake clock: ``tick`` seconds pass between two readings."""
 
-    X = np.random.default_rng(1).normal(size=(80, 2))
-    model = FFJORDDensity(hidden_layer_sizes=(8,), max_iter=1, random_state=0).fit(X)
-    expected = model.score_samples(X)
-    del model.__dict__["train_dtype"], model.__dict__["train_dtype_"]
-    del model.__dict__["learning_rate"]
-    old = pickle.loads(pickle.dumps(model))
-    assert old.train_dtype == "auto" and old.train_dtype_ == "float32"
-    assert old.learning_rate == "constant"  # the schedule such a model was fitted with
-    np.testing.assert_array_equal(old.score_samples(X), expected)
-    assert old.fit(X).train_dtype_ in ("float32", "bfloat16")
+    def __init__(self, tick):
+        self.tick = tick
+        self.readings = 0
+
+    def __call__(self):
+        self.readings += 1
+        return self.readings * self.tick
 
 
-def _schedule(
-    learning_rate="adaptive", training_kind="likelihood", n_iter_no_change=10, max_time=None
-):
-    from skffjord._flow import TrainConfig
+def _train(clock, n_rows=40, validate=False, **fit_kwargs):
+    """``train_flow`` on a small flow (flow matching by default: no ODE is solved), 4 steps
+    per epoch; ``validate``: with 20 validation rows."""
+    from skffjord._flow import EvalConfig, FFJORDFlow, TrainConfig
 
-    config = training.FitConfig(
-        batch_size=8,
-        learning_rate_init=1e-3,
-        alpha=0.0,
-        max_iter=100,
-        max_time=max_time,
-        tol=1e-4,
-        n_iter_no_change=n_iter_no_change,
-        shuffle=True,
-        solver=TrainConfig(method="rk4"),
-        training=training_kind,
-        learning_rate=learning_rate,
-    )
-    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
-    return training._StepSizeSchedule(optimizer, config), optimizer
-
-
-def test_adaptive_step_size_drops_after_the_patience_and_at_most_three_times():
-    schedule, optimizer = _schedule()  # 100 epochs, untimed: drops from epoch 50 on
-    assert not schedule.lowered(training.LR_PATIENCE - 1, 0.0, 60)
-    assert optimizer.param_groups[0]["lr"] == 1e-3
-    rates = []
-    for _ in range(5):
-        lowered = schedule.lowered(training.LR_PATIENCE, 0.0, 60)
-        rates.append((lowered, optimizer.param_groups[0]["lr"]))
-    expected = [1e-3 * training.LR_FACTOR**k for k in (1, 2, 3, 3, 3)]
-    assert [r[0] for r in rates] == [True, True, True, False, False]
-    np.testing.assert_allclose([r[1] for r in rates], expected, rtol=1e-12)
-    # the patience never exceeds the stopping rule's, so a reduction comes before the stop
-    short, opt_short = _schedule(n_iter_no_change=2)
-    assert short.lowered(2, 0.0, 60) and opt_short.param_groups[0]["lr"] < 1e-3
+    rng = np.random.default_rng(1)
+    X = torch.as_tensor(rng.normal(size=(n_rows + 20, 2)), dtype=torch.float32)
+    w = torch.ones(n_rows + 20)
+    gen = torch.Generator().manual_seed(0)
+    flow = FFJORDFlow(2, (8,), "tanh", 1, 1.0, torch.zeros(2), torch.ones(2), generator=gen)
+    settings = dict(
+        batch_size=n_rows // 4, learning_rate_init=1e-2, alpha=0.0, max_iter=1000, max_time=1.0,
+        tol=0.0, n_iter_no_change=10**6, shuffle=True, training="flow_matching",
+        solver=TrainConfig(method="rk4", options={"step_size": 0.5}),
+        validation_solver=EvalConfig(atol=1e-5, rtol=1e-5),
+    )  # fmt: skip
+    settings.update(fit_kwargs)
+    config = training.FitConfig(**settings)
+    start = {k: v.clone() for k, v in flow.state_dict().items()}
+    u_val, w_val = (X[n_rows:], w[n_rows:]) if validate else (None, None)
+    result = training.train_flow(
+        flow, X[:n_rows], w[:n_rows], u_val, w_val, config,
+        rng=np.random.default_rng(0), generator=gen, clock=clock,
+    )  # fmt: skip
+    return flow, start, result, (X[n_rows:], w[n_rows:], config)
 
 
-def test_adaptive_step_size_never_drops_in_the_first_half_of_the_budget():
-    # 100 epochs untimed: the epochs count
-    schedule, optimizer = _schedule()
-    assert not schedule.lowered(50, 1e9, 49)
-    assert schedule.lowered(training.LR_PATIENCE, 0.0, 50)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * training.LR_FACTOR)
-    # 10 s and 100 epochs: whichever is further along
-    timed, optimizer = _schedule(max_time=10.0)
-    assert not timed.lowered(50, 4.99, 49)
-    assert timed.lowered(training.LR_PATIENCE, 5.0, 1)
-    epochs_first, _ = _schedule(max_time=1e6)  # a generous time cap
-    assert epochs_first.lowered(training.LR_PATIENCE, 1.0, 50)
+def test_max_time_stops_at_the_first_reading_of_the_clock_past_the_budget():
+    budget, tick = 0.295, 0.01
+    _, _, result, _ = _train(_TickingClock(tick), max_time=budget)
+    assert result.stop_reason == "max_time"
+    steps = [h["n_steps"] for h in result.history]
+    # an epoch takes 4 steps; the budget runs out in the last one, which ends there
+    assert steps[:-1] == [4] * (len(steps) - 1) and 1 <= steps[-1] <= 4
+    # one reading after every step, and a few per epoch: 20 to 29 steps in the budget
+    assert 20 <= sum(steps) <= 29
+    times = [h["time"] for h in result.history]
+    assert np.all(np.diff(times) > 0)
+    assert all(t <= budget + tick for t in times[:-1])
+    # the last record follows the first reading past the budget
+    assert budget < times[-1] <= budget + 3 * tick
 
 
-def test_adaptive_step_size_drops_once_late_in_a_phase_that_never_stalled():
-    schedule, optimizer = _schedule(max_time=10.0)
-    assert not schedule.lowered(0, 0.79 * 10.0, 1)
-    assert schedule.lowered(0, 0.81 * 10.0, 1)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * training.LR_FACTOR)
-    assert not schedule.lowered(0, 9.9, 1)  # once
-    untimed, _ = _schedule()  # late by the epoch count
-    assert not untimed.lowered(0, 0.0, 79) and untimed.lowered(0, 0.0, 80)
-    # a phase that has already stalled and dropped gets no extra drop for being late
-    stalled, optimizer = _schedule(max_time=10.0)
-    assert stalled.lowered(training.LR_PATIENCE, 6.0, 1)
-    assert not stalled.lowered(0, 9.0, 1)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * training.LR_FACTOR)
+def test_history_times_are_read_from_the_injected_clock():
+    stopped = _TickingClock(0.0)  # time does not pass: the budget never runs out
+    _, _, result, _ = _train(stopped, max_time=1e-9, max_iter=3)
+    assert result.stop_reason == "max_iter" and result.n_iter == 3
+    assert [h["time"] for h in result.history] == [0.0, 0.0, 0.0]
+    unlimited = _TickingClock(1.0)  # no budget: an hour per reading does not matter
+    _, _, result, _ = _train(unlimited, max_time=None, max_iter=3)
+    assert result.stop_reason == "max_iter"
+    assert [h["n_steps"] for h in result.history] == [4, 4, 4]
 
 
-@pytest.mark.parametrize(
-    ("learning_rate", "training_kind"),
-    [("constant", "likelihood"), ("adaptive", "flow_matching")],
-)
-def test_step_size_stays_put_when_constant_or_flow_matching(learning_rate, training_kind):
-    schedule, optimizer = _schedule(learning_rate, training_kind, max_time=1.0)
-    assert not schedule.lowered(50, 100.0, 100)
-    assert optimizer.param_groups[0]["lr"] == 1e-3
+def test_a_budget_spent_on_the_initial_score_leaves_the_starting_weights():
+    # the first reading starts the clock, the second (after scoring the starting weights)
+    # is already past the budget: no epoch runs
+    flow, start, result, (u_val, w_val, config) = _train(
+        _TickingClock(2.0), validate=True, max_time=1.0, training="likelihood",
+        score_initial=True,
+    )  # fmt: skip
+    assert result.n_iter == 0 and result.stop_reason == "max_time" and not result.history
+    assert all(torch.equal(v, start[k]) for k, v in flow.state_dict().items())
+    initial = training.guarded_validation(flow, u_val, w_val, config)
+    assert result.best_validation_score == initial
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("learning_rate", ["adaptive", "constant"])
 def test_a_stalled_fit_lowers_the_step_size_from_the_best_weights(monkeypatch, learning_rate):
-    import skffjord._estimator as estimator
     from skffjord._flow import FFJORDFlow
 
     # validation improves for two epochs and then stalls: with 'adaptive' the step size
@@ -324,28 +288,18 @@ def test_a_stalled_fit_lowers_the_step_size_from_the_best_weights(monkeypatch, l
 
     monkeypatch.setattr(training, "guarded_validation", fake_validation)
     monkeypatch.setattr(FFJORDFlow, "load_state_dict", recording_load)
-    # the trained weights are kept over the starting model's (that guard is tested in
-    # test_starting_model.py): the loads counted are the schedule's
-    monkeypatch.setattr(estimator, "significant_gain", lambda *args: True)
-    X = np.random.default_rng(0).normal(size=(100, 2))
-    model = FFJORDDensity(
-        hidden_layer_sizes=(8,),
-        training="likelihood",
-        standardize="affine",
-        early_stopping=True,
-        learning_rate=learning_rate,
-        max_iter=9,
-        batch_size=30,
-        random_state=0,
-    )
-    model.fit(X)
-    rates = [h["learning_rate"] for h in model.history_]
-    drop = 2 + training.LR_PATIENCE  # the epoch after which the step size drops
+    *_, result, (_, _, config) = _train(
+        None, validate=True, training="likelihood", learning_rate=learning_rate, max_iter=9,
+        max_time=None,
+    )  # fmt: skip
+    rates = [h["learning_rate"] for h in result.history]
+    lr = config.learning_rate_init
+    drop = 2 + callbacks.LR_PATIENCE  # the epoch after which the step size drops
     if learning_rate == "constant":
-        assert rates == [1e-3] * 9
+        assert rates == [lr] * 9
         assert len(loaded) == 1  # only the final restore of the best weights
         return
-    np.testing.assert_allclose(rates, [1e-3] * drop + [1e-3 * training.LR_FACTOR] * (9 - drop))
+    np.testing.assert_allclose(rates, [lr] * drop + [lr * callbacks.LR_FACTOR] * (9 - drop))
     assert len(loaded) == 2  # the restore at the drop, and the final one
     for name, value in loaded[0].items():
         torch.testing.assert_close(value, validated[1][name], rtol=0, atol=0)

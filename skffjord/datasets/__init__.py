@@ -7,16 +7,12 @@ returns a :class:`~sklearn.utils.Bunch` with ``train``, ``validation``, ``test``
 ``feature_names`` and ``DESCR``.
 """
 
-from ._base import DATA_HOME_ENV, DataIntegrityError, clear_data_home, get_data_home
-from ._fetchers import (
-    DATASETS,
-    fetch_bsds300,
-    fetch_dataset,
-    fetch_gas,
-    fetch_hepmass,
-    fetch_miniboone,
-    fetch_power,
-)
+from ._bsds300 import fetch_bsds300
+from ._data_home import DATA_HOME_ENV, clear_data_home, get_data_home
+from ._exceptions import DataIntegrityError
+from ._fetchers import fetch_dataset
+from ._maf_tabular import fetch_gas, fetch_hepmass, fetch_miniboone, fetch_power
+from ._specs import DATASETS
 
 DataIntegrityError.__module__ = __name__  # shown under its public name
 

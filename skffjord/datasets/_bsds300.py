@@ -1,125 +1,166 @@
-"""BSDS300 patches: reading MAF's HDF5 file, or cutting patches from the original images."""
+"""``fetch_bsds300``: BSDS300 patches from MAF's archive, or cut from the original images."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
+import os
 from pathlib import Path
 
 import numpy as np
+from sklearn.utils import Bunch
 
-from ._base import DataIntegrityError
-
-PATCH_SIZE = 8
-N_FEATURES = PATCH_SIZE * PATCH_SIZE - 1
-FEATURE_NAMES = tuple(
-    f"pixel_{row}_{col}" for row in range(PATCH_SIZE) for col in range(PATCH_SIZE)
-)[:N_FEATURES]
-
-
-def read_hdf5(path: Path) -> dict[str, np.ndarray]:
-    """Read the ``train``, ``validation`` and ``test`` arrays of MAF's ``BSDS300.hdf5``."""
-    try:
-        import h5py
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "Reading BSDS300.hdf5 needs h5py: pip install h5py (or skffjord[datasets])."
-        ) from exc
-    try:
-        with h5py.File(path, "r") as fh:
-            return {key: np.asarray(fh[key], dtype=np.float32) for key in _KEYS}
-    except (OSError, KeyError) as exc:
-        raise DataIntegrityError(f"{path} is not a readable BSDS300 HDF5 file ({exc}).") from exc
+from ._bsds300_images import (
+    download_images,
+    image_folder,
+    images_present,
+    list_images,
+    verify_images,
+)
+from ._bsds300_patches import FEATURE_NAMES, patches_from_images
+from ._data_home import get_data_home, is_writable, missing_error
+from ._exceptions import DataIntegrityError, add_hint
+from ._maf_archive import fetch_from_maf_archive
+from ._specs import check_fetch_args, check_splits
+from ._splits import cache_path, load_splits, make_bunch, save_or_warn
 
 
-_KEYS = ("train", "validation", "test")
-
-
-def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
-    """The ``train/*.jpg`` and ``test/*.jpg`` files under ``folder``, sorted by name."""
-    return sorted((folder / "train").glob("*.jpg")), sorted((folder / "test").glob("*.jpg"))
-
-
-def images_digest(folder: Path) -> str:
-    """SHA-256 of the checksum list of the images, in ``sha256sum`` format sorted by path.
-
-    The list has one line ``<sha256>  images/<split>/<id>.jpg`` per image, as ``sha256sum``
-    prints it, sorted by path. For the 300 original BSDS300 images the result is the constant
-    the fetcher checks against.
-    """
-    lines = []
-    for split in ("test", "train"):
-        for path in sorted((folder / split).glob("*.jpg")):
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            lines.append(f"{digest}  images/{split}/{path.name}\n")
-    return hashlib.sha256("".join(sorted(lines, key=lambda s: s[66:])).encode()).hexdigest()
-
-
-def _grey_image(path: Path) -> np.ndarray:
-    try:
-        from PIL import Image
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "Building BSDS300 from images needs Pillow: pip install pillow (or skffjord[datasets])."
-        ) from exc
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L"), dtype=np.uint8)
-
-
-def _counts(n_patches: int, n_images: int) -> np.ndarray:
-    counts = np.full(n_images, n_patches // n_images)
-    counts[: n_patches % n_images] += 1
-    return counts
-
-
-def _patches(paths: Sequence[Path], n_patches: int, rng: np.random.Generator) -> np.ndarray:
-    out = np.empty((n_patches, N_FEATURES), dtype=np.float32)
-    start = 0
-    for path, count in zip(paths, _counts(n_patches, len(paths)), strict=True):
-        grey = _grey_image(path)
-        rows = rng.integers(0, grey.shape[0] - PATCH_SIZE + 1, size=count)
-        cols = rng.integers(0, grey.shape[1] - PATCH_SIZE + 1, size=count)
-        window = np.lib.stride_tricks.sliding_window_view(grey, (PATCH_SIZE, PATCH_SIZE))
-        pixels = window[rows, cols].reshape(count, -1).astype(np.float64)
-        pixels = (pixels + rng.random(pixels.shape)) / 256.0
-        pixels -= pixels.mean(axis=1, keepdims=True)
-        out[start : start + count] = pixels[:, :N_FEATURES]
-        start += count
-    return out
-
-
-def patches_from_images(
-    train_images: Sequence[Path],
-    test_images: Sequence[Path],
+def fetch_bsds300(
+    data_home: str | os.PathLike[str] | None = None,
     *,
-    n_train: int = 1_000_000,
-    n_validation: int = 50_000,
-    n_test: int = 250_000,
+    source: str = "maf",
+    images_dir: str | os.PathLike[str] | None = None,
+    download_if_missing: bool = True,
+    as_frame: bool = False,
     random_state: int = 0,
-) -> dict[str, np.ndarray]:
-    """Cut BSDS300 patches from the original images, following the MAF recipe.
+    n_retries: int = 3,
+    delay: float = 1.0,
+    verbose: bool = True,
+) -> Bunch:
+    """Load BSDS300 (8x8 natural-image patches, d=63), MAF splits.
 
-    1. Decode each JPEG and convert it to 8-bit grey with Pillow's ``"L"`` mode (ITU-R 601-2
-       luma, ``L = (299 R + 587 G + 114 B) / 1000``).
-    2. From the training images draw ``n_train + n_validation`` patches of 8x8 pixels, from the
-       test images ``n_test``, spread evenly over the images (the first images take one more
-       when the count does not divide), each at a uniformly random position that fits in the
-       image.
-    3. Dequantise: ``(value + u) / 256`` with ``u ~ U[0, 1)``, which puts pixels in [0, 1).
-    4. Subtract each patch's mean and drop its last (bottom-right) pixel, which is minus the
-       sum of the others: 63 values per patch, named ``pixel_<row>_<col>``.
-    5. Shuffle the training-image patches; the first ``n_train`` are train, the rest
-       validation.
+    1,000,000 train, 50,000 validation and 250,000 test patches of 63 features, as float32
+    (about 330 MB in memory).
 
-    All randomness comes from ``numpy.random.default_rng(random_state)``. MAF's own patches
-    came from an unpublished script with other random draws, so these patches follow the same
-    recipe but are not the same patches: scores compare with published BSDS300 figures only
-    approximately.
+    With ``source="maf"`` the patches are MAF's own, read from ``BSDS300/BSDS300.hdf5`` in the
+    preprocessed archive of Papamakarios et al. (2017) (Zenodo record 1161203); reading it
+    needs h5py. With ``source="images"`` they are cut from the 300 original Berkeley images
+    with the MAF recipe (see ``DESCR`` and
+    :func:`skffjord.datasets._bsds300_patches.patches_from_images`); this needs Pillow. The
+    images are read from ``images_dir`` (which may be read-only), else from
+    ``data_home/BSDS300/images/{train,test}/*.jpg``, downloading them from Berkeley into that
+    folder when they are missing; their checksums are verified either way.
+    The patches then follow MAF's recipe but are not MAF's patches, so scores compare with
+    published BSDS300 results only approximately.
+
+    Parameters
+    ----------
+    data_home : str or path-like, default=None
+        Folder for downloads and cached splits; see :func:`get_data_home`.
+    source : {"maf", "images"}, default="maf"
+        Where the patches come from, as above.
+    images_dir : str or path-like, default=None
+        For ``source="images"``: a folder holding ``train/*.jpg`` and ``test/*.jpg``, such as
+        the ``BSDS300/images`` folder of the original archive. It is only read; the splits are
+        still cached in ``data_home``. ``None`` uses ``data_home/BSDS300/images``.
+    download_if_missing : bool, default=True
+        Download what is not in ``data_home``; with ``False`` an ``OSError`` is raised instead.
+    as_frame : bool, default=False
+        Return pandas DataFrames with named columns (``pixel_<row>_<col>``).
+    random_state : int, default=0
+        Seed of the patch positions, dequantisation noise and train/validation shuffle, for
+        ``source="images"`` only. Each seed is cached separately.
+    n_retries : int, default=3
+        Retries of a download after a network error or a truncated transfer.
+    delay : float, default=1.0
+        Seconds between retries.
+    verbose : bool, default=True
+        Show a progress bar while downloading.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        With ``train``, ``validation`` and ``test``, ``feature_names`` and ``DESCR``.
+
+    Raises
+    ------
+    DataIntegrityError
+        For a truncated download, a checksum mismatch, a missing member, images that are not
+        the original ones, data of the wrong shape or a corrupt cached file.
+    PermissionError
+        When something must be written and ``data_home`` is not writable.
+    OSError
+        When the data is missing and ``download_if_missing=False``, or the download fails.
+
+    Examples
+    --------
+    With ``download_if_missing=False`` nothing is downloaded, and a folder without the data
+    raises:
+
+    >>> import tempfile
+    >>> from skffjord.datasets import fetch_bsds300
+    >>> with tempfile.TemporaryDirectory() as home:
+    ...     fetch_bsds300(home, source="images", download_if_missing=False)
+    Traceback (most recent call last):
+        ...
+    OSError: BSDS300 is not in ... and download_if_missing=False. ...
+
+    Patches cut from a local copy of the original images (not run here: it needs the images):
+
+    >>> data = fetch_bsds300(source="images", images_dir="BSDS300/images")  # doctest: +SKIP
+    >>> data.train.shape, data.validation.shape, data.test.shape  # doctest: +SKIP
+    ((1000000, 63), (50000, 63), (250000, 63))
     """
-    if not train_images or not test_images:
-        raise ValueError("patches_from_images needs at least one train and one test image.")
-    rng = np.random.default_rng(random_state)
-    train = _patches(train_images, n_train + n_validation, rng)
-    train = train[rng.permutation(train.shape[0])]
-    test = _patches(test_images, n_test, rng)
-    return {"train": train[:n_train], "validation": train[n_train:], "test": test}
+    if source == "maf":
+        if images_dir is not None:
+            raise ValueError("images_dir is only used with source='images'.")
+        return fetch_from_maf_archive(
+            "bsds300",
+            data_home=data_home,
+            download_if_missing=download_if_missing,
+            as_frame=as_frame,
+            n_retries=n_retries,
+            delay=delay,
+            verbose=verbose,
+        )
+    if source != "images":
+        raise ValueError(f"source must be 'maf' or 'images', got {source!r}.")
+    spec = check_fetch_args("bsds300", download_if_missing, as_frame, n_retries, delay)
+    if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer):
+        raise ValueError(
+            f"random_state must be an int for source='images' (each seed is cached), "
+            f"got {random_state!r}."
+        )
+    home = get_data_home(data_home)
+    cache = cache_path(home, "bsds300", f"images_seed{int(random_state)}")
+    if cache.exists():
+        splits, names = load_splits(cache, spec.n_features, spec.split_sizes)
+        return make_bunch(splits, names, "bsds300", as_frame=as_frame)
+    if images_dir is not None:
+        folder = Path(os.path.expanduser(os.fspath(images_dir))).absolute()
+        if not images_present(folder):
+            raise OSError(f"images_dir {folder} has no train/*.jpg and test/*.jpg images.")
+    else:
+        folder = image_folder(home)
+    if not images_present(folder):
+        if not download_if_missing:
+            raise missing_error("bsds300", home)
+        download_images(home, spec, n_retries=n_retries, delay=delay, verbose=verbose)
+    try:
+        verify_images(folder, spec, str(folder))
+    except DataIntegrityError as exc:
+        if images_dir is None:
+            add_hint(exc, f"Delete {folder} to download the images again.")
+        raise
+    train, test = list_images(folder)
+    n_train, n_validation, n_test = spec.split_sizes
+    splits = patches_from_images(
+        train,
+        test,
+        n_train=n_train,
+        n_validation=n_validation,
+        n_test=n_test,
+        random_state=int(random_state),
+    )
+    check_splits(spec, splits, str(folder))
+    names = list(FEATURE_NAMES)
+    save_or_warn(cache, splits, names, is_writable(home))
+    return make_bunch(splits, names, "bsds300", as_frame=as_frame)

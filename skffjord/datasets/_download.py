@@ -19,7 +19,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ._base import FILE_MODE, DataIntegrityError
+from ._data_home import FILE_MODE
+from ._exceptions import DataIntegrityError
 
 _CHUNK = 1 << 20
 

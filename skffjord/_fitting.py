@@ -1,0 +1,352 @@
+"""One fit, start to end: the starting model, training, and the guard that keeps the start.
+
+:func:`fit_flow` takes validated rows and resolved settings (:mod:`~skffjord._settings`)
+and returns a :class:`FitOutcome` for the estimator to commit; it changes nothing else, so a
+fit that raises leaves the previous model as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from torch import nn
+
+from ._defaults import LIKELIHOOD_SHARE, SOLVER_GAP_WARNING
+from ._flow import FFJORDFlow, TrainConfig
+from ._ode import FIXED_GRID_METHODS
+from ._preprocessing import dequantize
+from ._settings import Settings, fit_config
+from ._start_model import start_model, validation_split
+from ._training import (
+    FitConfig,
+    TrainingResult,
+    flow_matching_validation_loss,
+    significant_gain,
+    train_flow,
+    validation_log_probs,
+)
+from ._utils import float64_tensor, make_generator
+
+__all__ = ["FAILED", "FitOutcome", "fit_flow", "warn_solver_gap", "warn_stop"]
+
+#: Stop reasons after which a fit goes no further.
+FAILED = ("diverged", "solver_failed", "interrupted")
+
+
+@dataclass
+class _Run:
+    """A flow prepared for training: float32 on its device with the fixed map detached, and
+    every row as the flow sees it (float64, with its log-Jacobian).
+
+    With discrete columns (``resolution > 0``) the rows are one dequantised draw, and
+    :meth:`redraw` gives the training rows a fresh draw every epoch.
+    """
+
+    flow: FFJORDFlow
+    marginal: nn.Module | None
+    base: nn.Module | None
+    loc: np.ndarray
+    scale: np.ndarray
+    rows: np.ndarray
+    row_log_det: np.ndarray
+    sample_weight: np.ndarray
+    generator: torch.Generator
+    X: np.ndarray
+    resolution: np.ndarray
+    noise: np.random.Generator
+
+    def data(self, train_idx: np.ndarray, val_idx: np.ndarray | None) -> tuple:
+        """Training rows and weights, then validation rows and weights (or ``None``)."""
+        device = self.flow.loc.device
+
+        def as_tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a, dtype=torch.float32, device=device)
+
+        return (
+            as_tensor(self.rows[train_idx]),
+            as_tensor(self.sample_weight[train_idx]),
+            None if val_idx is None else as_tensor(self.rows[val_idx]),
+            None if val_idx is None else as_tensor(self.sample_weight[val_idx]),
+        )
+
+    def mean_log_det(self, idx: np.ndarray) -> float:
+        """Weighted mean log-Jacobian of the map over the rows ``idx``."""
+        if not len(idx):
+            return 0.0
+        return float(np.average(self.row_log_det[idx], weights=self.sample_weight[idx]))
+
+    def redraw(self, idx: np.ndarray) -> Callable[[], torch.Tensor] | None:
+        """A function giving the rows ``idx`` freshly dequantised and mapped, as the flow
+        sees them (float32 on its device); ``None`` without discrete columns."""
+        if not np.any(self.resolution > 0):
+            return None
+        X = self.X[idx]
+        device = self.flow.loc.device
+        loc, scale = torch.as_tensor(self.loc), torch.as_tensor(self.scale)
+
+        def draw() -> torch.Tensor:
+            x = torch.as_tensor(dequantize(X, self.resolution, self.noise))
+            with torch.no_grad():
+                u = x if self.marginal is None else self.marginal.cpu()(x)[0]
+            return ((u - loc) / scale).to(device=device, dtype=torch.float32)
+
+        return draw
+
+
+def _prepared(
+    flow: FFJORDFlow,
+    X: np.ndarray,
+    sample_weight: np.ndarray,
+    device: torch.device,
+    probe_seed: int,
+    resolution: np.ndarray,
+    noise: np.random.Generator,
+) -> _Run:
+    """``flow`` ready to train, with every row of ``X`` (one dequantised draw of its
+    discrete columns) through its fixed map."""
+    X_drawn = dequantize(X, resolution, noise)
+    with torch.no_grad():
+        u, log_det = flow.standardize_with_log_det(float64_tensor(X_drawn, flow.loc.device))
+    loc, scale = flow.loc.cpu().numpy(), flow.scale.cpu().numpy()
+    # the fixed map is not trained and stays float64: it leaves the flow while the flow
+    # trains in float32, and comes back after
+    marginal, flow.marginal = flow.marginal, None
+    base = copy.deepcopy(flow.base)  # float64, restored after training
+    return _Run(
+        flow=flow.to(device=device, dtype=torch.float32),
+        marginal=marginal,
+        base=base,
+        loc=loc,
+        scale=scale,
+        rows=u.cpu().numpy(),
+        row_log_det=log_det.cpu().numpy(),
+        sample_weight=sample_weight,
+        generator=make_generator(probe_seed, device),
+        X=X,
+        resolution=resolution,
+        noise=noise,
+    )
+
+
+def _train_hybrid(
+    flow: FFJORDFlow,
+    data: tuple,
+    fit_cfg: FitConfig,
+    optimizer_state: dict | None,
+    common: dict,
+    start: float,
+) -> TrainingResult:
+    """Flow matching, then maximum likelihood for :data:`LIKELIHOOD_SHARE` of the budget
+    (``start``: when the fit began)."""
+    n_likelihood = max(1, round(LIKELIHOOD_SHARE * fit_cfg.max_iter))
+    n_matching = max(1, fit_cfg.max_iter - n_likelihood)
+    matching_time = None
+    if fit_cfg.max_time is not None:
+        matching_time = (1 - LIKELIHOOD_SHARE) * fit_cfg.max_time - (time.perf_counter() - start)
+    first = TrainingResult(optimizer_state=optimizer_state)
+    if matching_time is None or matching_time > 0:
+        phase = replace(
+            fit_cfg, training="flow_matching", max_iter=n_matching, max_time=matching_time
+        )
+        first = train_flow(flow, *data, phase, optimizer_state=optimizer_state, **common)
+    for record in first.history:
+        record["phase"] = "flow_matching"
+    if first.stop_reason in FAILED:
+        return first
+    remaining = None
+    if fit_cfg.max_time is not None:
+        remaining = max(fit_cfg.max_time - (time.perf_counter() - start), 1e-3)
+    phase = replace(fit_cfg, training="likelihood", max_iter=n_likelihood, max_time=remaining)
+    phase = replace(phase, score_initial=True)
+    second = train_flow(flow, *data, phase, optimizer_state=first.optimizer_state, **common)
+    for record in second.history:
+        record["phase"] = "likelihood"
+        record["epoch"] += first.n_iter
+        record["time"] += first.history[-1]["time"] if first.history else 0.0
+    second.history = first.history + second.history
+    second.n_iter += first.n_iter
+    return second
+
+
+@dataclass
+class FitOutcome:
+    """What a fit produced, for the estimator's fitted attributes."""
+
+    flow: FFJORDFlow
+    result: TrainingResult
+    standardize: str
+    map_scores: dict | None
+    mixture_scores: dict | None
+
+
+def fit_flow(
+    X: np.ndarray,
+    sample_weight: np.ndarray,
+    settings: Settings,
+    *,
+    resolution: np.ndarray,
+    interval: np.ndarray,
+    device: torch.device,
+    seeds: tuple[int, int, int, int],
+    previous: FitOutcome | None = None,
+    optimizer_state: dict | None = None,
+) -> FitOutcome:
+    """Fit on validated rows; ``previous`` (a warm refit) starts from that model."""
+    params = settings.params
+    init_seed, data_seed, probe_seed, noise_seed = seeds
+    rng = np.random.default_rng(data_seed)
+    early = bool(params["early_stopping"])
+    fraction = float(params["validation_fraction"]) if early else None
+    train_idx, val_idx = validation_split(sample_weight, fraction, rng)
+    if params["batch_size"] != "auto" and params["batch_size"] > len(train_idx):
+        warnings.warn(
+            f"Got batch_size={params['batch_size']} larger than the {len(train_idx)} training "
+            "rows; it is clipped.",
+            UserWarning,
+            stacklevel=4,
+        )
+    autocast = torch.bfloat16 if settings.train_dtype == "bfloat16" else None
+    # validation in the training precision (the flow being trained is float32)
+    validation_solver = replace(settings.eval_solver, dtype=None)
+    fit_cfg = fit_config(params, len(train_idx), settings.solver, validation_solver, autocast)
+    start = time.perf_counter()
+    noise = np.random.default_rng(noise_seed)
+    if previous is not None:
+        kind, map_scores = previous.standardize, previous.map_scores
+        mixture_scores = previous.mixture_scores
+        flow = copy.deepcopy(previous.flow)
+    else:
+        started = start_model(
+            X,
+            sample_weight,
+            train_idx,
+            resolution=resolution,
+            interval=interval,
+            structure=settings.structure,
+            n_components=params["n_components"],
+            validation_fraction=float(params["validation_fraction"]),
+            rng=rng,
+            init_seed=init_seed,
+            noise_seed=noise_seed + 1,
+        )
+        flow, kind = started.flow, started.standardize
+        map_scores, mixture_scores = started.map_scores, started.mixture_scores
+    run = _prepared(flow, X, sample_weight, device, probe_seed, resolution, noise)
+    flow = run.flow
+    data = run.data(train_idx, val_idx if early else None)
+    common = dict(
+        rng=rng,
+        generator=run.generator,
+        log_det_offset=run.mean_log_det(train_idx),
+        val_log_det_offset=run.mean_log_det(val_idx) if early else None,
+        redraw=run.redraw(train_idx),
+    )
+    # with early stopping the starting model competes too (the classical model of the
+    # fixed map and base, the field being zero; or the fitted model in a warm refit): the
+    # fit keeps it unless the validation rows improve by more than their noise
+    initial = None
+    if early:
+        initial = (
+            validation_log_probs(flow, data[2], fit_cfg),
+            copy.deepcopy(flow.state_dict()),
+        )
+    if params["training"] != "hybrid":
+        fit_cfg = replace(fit_cfg, score_initial=previous is not None)
+        result = train_flow(flow, *data, fit_cfg, optimizer_state=optimizer_state, **common)
+    else:
+        result = _train_hybrid(flow, data, fit_cfg, optimizer_state, common, start)
+    if initial is not None:
+        end = validation_log_probs(flow, data[2], fit_cfg)
+        w_val = sample_weight[val_idx]
+        offset = common["val_log_det_offset"]
+        if not significant_gain(end, initial[0], w_val):
+            flow.load_state_dict(initial[1])
+            result.final_solver_gap = math.nan
+            if params["training"] == "flow_matching":  # validation scores are -losses there
+                score = -flow_matching_validation_loss(flow, data[2], data[3], fit_cfg)
+            else:
+                score = float(np.average(initial[0], weights=w_val)) + offset
+            result.best_validation_score = score
+        elif result.best_validation_score is None and end is not None:
+            result.best_validation_score = float(np.average(end, weights=w_val)) + offset
+
+    # the fitted model in float64, its fixed map and base back in place
+    flow.eval()
+    flow = flow.to(dtype=torch.float64)
+    with torch.no_grad():  # the float32 round trip must not blur the standardisation
+        flow.loc.copy_(torch.as_tensor(run.loc))
+        flow.scale.copy_(torch.as_tensor(run.scale))
+    flow.marginal = None if run.marginal is None else run.marginal.to(device=device)
+    flow.base = None if run.base is None else run.base.to(device=device)
+    return FitOutcome(flow, result, kind, map_scores, mixture_scores)
+
+
+_FIXES = (
+    "lower learning_rate_init; raise solver['kinetic_energy_reg'] and "
+    "solver['jacobian_reg'] (e.g. to 0.1) for smoother dynamics; use a fixed-step "
+    "solver['method'] such as 'rk4'; loosen solver['atol'] and solver['rtol'] or raise "
+    "solver['max_num_steps']; check the data for extreme values or near-duplicate columns"
+)
+
+
+def warn_solver_gap(gap: float, solver: TrainConfig, early_stopping: bool) -> None:
+    """Warn when the fitted weights' ``solver_gap`` shows an exploited training solver."""
+    if gap > SOLVER_GAP_WARNING:
+        advice = (
+            "more training steps (a smaller solver['options']['step_size'])"
+            if solver.method in FIXED_GRID_METHODS
+            else "tighter training tolerances (solver['atol'], solver['rtol'])"
+        )
+        if not early_stopping:
+            advice += " or early_stopping=True (validated through the evaluation solver)"
+        warnings.warn(
+            f"The training solver credits the fitted model with {gap:.2f} nats per row "
+            "more log-likelihood than the evaluation solver finds (solver_gap): the fit "
+            "has probably learned to exploit a too coarse training solver, and "
+            f"score_samples reports the lower, correct values. Use {advice}.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+
+
+def warn_stop(result: TrainingResult, max_iter: int | None, eval_method: str) -> None:
+    """Warn when training stopped early (it failed, was interrupted or ran out of epochs),
+    and when the evaluation solver (``eval_method``) failed on the validation rows."""
+    if result.validation_failures:
+        warnings.warn(
+            f"The evaluation solver (eval_solver['method']={eval_method!r}) could not "
+            f"score the validation rows {result.validation_failures} time(s); those "
+            "epochs counted as no improvement for early stopping. Loosen "
+            "eval_solver['atol'] and eval_solver['rtol'] or raise "
+            "eval_solver['max_num_steps'].",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    reason, message = result.stop_reason, result.message
+    if reason in ("diverged", "solver_failed"):
+        warnings.warn(
+            f"Training stopped after {result.n_iter} complete epoch(s): {message}. The "
+            f"model keeps the last good weights. To avoid this: {_FIXES}.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    elif reason == "interrupted":
+        warnings.warn(
+            "Training interrupted by the user; the model keeps the best weights so far.",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif reason == "max_iter":
+        warnings.warn(
+            f"Maximum iterations ({max_iter}) reached and the optimization hasn't converged yet.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
