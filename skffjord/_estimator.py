@@ -188,7 +188,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     Attributes
     ----------
     flow_ : torch.nn.Module
-        The fitted flow (float64, on ``device_``).
+        The fitted flow on ``device_``: its network in float32 (the precision it is
+        trained and by default scored in), the map and base around it in float64.
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (`n_features_in_`,)

@@ -278,12 +278,12 @@ def fit_flow(
         elif result.best_validation_score is None and end is not None:
             result.best_validation_score = float(np.average(end, weights=w_val)) + offset
 
-    # the fitted model in float64, its fixed map and base back in place
+    # the fitted model with its fixed map and base back in place
+    # the blocks stay in float32, the precision they were trained and are scored in (a
+    # float64 solve casts a copy, exactly); the map around them is float64 throughout
     flow.eval()
-    flow = flow.to(dtype=torch.float64)
-    with torch.no_grad():  # the float32 round trip must not blur the standardisation
-        flow.loc.copy_(torch.as_tensor(run.loc))
-        flow.scale.copy_(torch.as_tensor(run.scale))
+    flow.loc = torch.as_tensor(run.loc, device=flow.loc.device)
+    flow.scale = torch.as_tensor(run.scale, device=flow.scale.device)
     flow.marginal = None if run.marginal is None else run.marginal.to(device=device)
     flow.base = None if run.base is None else run.base.to(device=device)
     return FitOutcome(flow, result, kind, map_scores, mixture_scores)

@@ -131,16 +131,21 @@ class FFJORDFlow(nn.Module):
         u, log_det = self.standardize_with_log_det(x)
         return self.standardized_log_prob(u, config) + log_det
 
+    def _solve_dtype(self, config: EvalConfig) -> torch.dtype:
+        """The precision of a solve: ``config.dtype``, else the blocks' own."""
+        return config.dtype or next(self.blocks.parameters()).dtype
+
     def _blocks_for(self, config: EvalConfig) -> nn.ModuleList:
-        """The blocks in the solve precision ``config.dtype`` (a cast copy when it differs)."""
-        if config.dtype is None or config.dtype == next(self.blocks.parameters()).dtype:
+        """The blocks in the solve precision (a cast copy when it differs from theirs)."""
+        dtype = self._solve_dtype(config)
+        if dtype == next(self.blocks.parameters()).dtype:
             return self.blocks
-        return copy.deepcopy(self.blocks).to(config.dtype)
+        return copy.deepcopy(self.blocks).to(dtype)
 
     def standardized_log_prob(self, u: Tensor, config: EvalConfig) -> Tensor:
         """Exact log-density of *standardised* rows ``u`` (evaluation solver), ``(batch,)``."""
         blocks = self._blocks_for(config)
-        z = u.to(config.dtype or u.dtype)
+        z = u.to(self._solve_dtype(config))
         total_div = torch.zeros(u.shape[0], dtype=u.dtype, device=u.device)
         for block in blocks:
             z, div, _ = block.forward_exact(z, config)
@@ -150,7 +155,7 @@ class FFJORDFlow(nn.Module):
     def to_latent(self, x: Tensor, config: EvalConfig) -> Tensor:
         """Map data rows (user's units) to the base space."""
         u = self.standardize(x)
-        z = u.to(config.dtype or u.dtype)
+        z = u.to(self._solve_dtype(config))
         for block in self._blocks_for(config):
             z = block.transport(z, config, inverse=False)
         return z.to(u.dtype)
@@ -162,7 +167,7 @@ class FFJORDFlow(nn.Module):
         units: every state is mapped back through the standardisation.
         """
         u = self.standardize(x)
-        z = u.to(config.dtype or u.dtype)
+        z = u.to(self._solve_dtype(config))
         states = [u]
         for block in self._blocks_for(config):
             times = torch.linspace(0.0, block.integration_time, n_times).tolist()
@@ -174,7 +179,7 @@ class FFJORDFlow(nn.Module):
     def to_data(self, z: Tensor, config: EvalConfig) -> Tensor:
         """Map base-space rows to data rows (user's units) by integrating backwards."""
         out_dtype = z.dtype
-        z = z.to(config.dtype or z.dtype)
+        z = z.to(self._solve_dtype(config))
         for block in reversed(self._blocks_for(config)):
             z = block.transport(z, config, inverse=True)
         return self.unstandardize(z.to(out_dtype))

@@ -535,7 +535,7 @@ def test_kinetic_regularisation_shortens_paths():
             model = tiny(max_iter=8, learning_rate_init=1e-2, solver=solver, standardize=False).fit(
                 X
             )
-        u = model.flow_.standardize(torch.as_tensor(X))
+        u = model.flow_.standardize(torch.as_tensor(X)).float()  # the blocks are float32
         _, ke, _ = model.flow_.train_log_prob(u, probe, None)
         energies.append(ke.mean().item())
     assert energies[1] < 0.5 * energies[0]
@@ -642,7 +642,7 @@ def test_jacobian_penalty_works_with_exact_trace(X):
         model.fit(X)
     for block in model.flow_.blocks:
         torch.nn.init.normal_(block.field.layers[-1].linear.weight)
-    u = model.flow_.standardize(torch.as_tensor(X))
+    u = model.flow_.standardize(torch.as_tensor(X)).float()  # the blocks are float32
     cfg = TrainConfig(method="rk4", trace_estimator="exact", jacobian_reg=1.0)
     _, reg, dynamics = model.flow_.train_log_prob(u, cfg, torch.Generator().manual_seed(0))
     # taken at a random share of the rows (JACOBIAN_PENALTY_SHARE), weighted up
