@@ -24,14 +24,14 @@ FIXED_GRID_METHODS = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "im
 
 #: Number of fixed steps over [0, T] when a fixed-grid method is given no step size.
 DEFAULT_FIXED_STEPS = 10
-#: The same for likelihood training solves (FFJORDDensity's ``ode_solver``): fewer, coarser
+#: The same for likelihood training solves (FFJORDDensity's ``solver['method']``): fewer, coarser
 #: steps train faster at equal budget (scores never come from the training solver), but a
 #: long likelihood fit learns to exploit too coarse a solver's discretisation error: the
 #: training loss keeps improving while the exact log-likelihood collapses. RNODE's penalties
 #: (on by default) keep the field smooth enough for 4 RK4 steps (16 function evaluations per
 #: solve), and FFJORDDensity adds one step during a fit whenever the ``solver_gap`` shows
 #: exploitation. Step counts are compared at equal time by ``python benchmarks/defaults.py
-#: --dataset gas --budget 600 --configs ...`` with ``ode_solver_params`` per configuration.
+#: --dataset gas --budget 600 --configs ...`` with ``solver['options']`` per configuration.
 TRAINING_FIXED_STEPS = 4
 
 

@@ -92,7 +92,7 @@ def has_native_bfloat16() -> bool:
     return False
 
 
-#: Narrowest widest-hidden-layer at which ``train_dtype='auto'`` trains in bfloat16. Below
+#: Narrowest widest-hidden-layer at which ``solver['dtype']='auto'`` trains in bfloat16. Below
 #: it a likelihood step is bound by per-operation overhead, not by its matrix products, and
 #: bfloat16 gains nothing; from it on, the products dominate and bfloat16 steps are faster
 #: (``python benchmarks/step_cost.py`` times both at the default width of each d).
