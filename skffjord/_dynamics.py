@@ -310,12 +310,6 @@ class VectorField(nn.Module):
             return h.to(z.dtype), trace.to(z.dtype)
         return h.to(z.dtype), trace.to(z.dtype), v.to(z.dtype)
 
-    def forward_with_trace_and_jvp(
-        self, t: Tensor, z: Tensor, v: Tensor, rows: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """The same as ``forward_with_trace(t, z, v, rows)``: ``(f, trace, (df/dz) v)``."""
-        return self.forward_with_trace(t, z, v, rows)
-
     def forward_with_trace_into(
         self, t: Tensor, z: Tensor, workspace: dict[str, Tensor]
     ) -> tuple[Tensor, Tensor]:

@@ -17,18 +17,17 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from ._bounds import check_bounds, check_inside, outside_support, support
 from ._dynamics import ACTIVATIONS
-from ._fitting import FitOutcome, fit_flow, warn_solver_gap, warn_stop
+from ._fitting import fit_flow, warn_solver_gap, warn_stop
 from ._flow import EvalConfig
 from ._inference import chunk_rows, in_chunks
 from ._persistence import restored, stamped
 from ._preprocessing import snap_to_grid
 from ._settings import eval_config, resolve
-from ._start_model import discrete_resolution
+from ._start_model import StartModel, discrete_resolution
 from ._utils import (
     float64_tensor,
     reject_non_numeric_columns,
     resolve_device,
-    resolve_train_dtype,
     spawn_seeds,
     to_cpu,
 )
@@ -403,10 +402,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             raise ValueError("sample_weight must be non-negative.")
         if not sample_weight.sum() > 0:
             raise ValueError("sample_weight must have a positive sum.")
-        settings = resolve(self.get_params(deep=False), n_features)
         device = resolve_device(self.device)
-        train_dtype = resolve_train_dtype(settings.train_dtype, device, settings.hidden)
-        settings = replace(settings, train_dtype=train_dtype)
+        settings = resolve(self.get_params(deep=False), n_features, device)
         resolution = (
             self.discrete_features_
             if refit
@@ -414,24 +411,18 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         )
         bounds = check_bounds(self.bounds, n_features, getattr(self, "feature_names_in_", None))
         interval = support(bounds, resolution)
-        check_inside(X[sample_weight > 0], bounds, interval)
-        unused = (sample_weight == 0) & outside_support(X, interval)
-        if unused.any():  # rows that weigh nothing may lie anywhere; keep the maps finite
-            X = np.where(unused[:, None], X[sample_weight > 0][0], X)
+        outside = outside_support(X, interval)
+        check_inside(X[outside & (sample_weight > 0)], bounds, interval)
+        if outside.any():  # rows that weigh nothing may lie anywhere; keep the maps finite
+            X = np.where(outside[:, None], X[sample_weight > 0][0], X)
         structure = {**settings.structure, "bounds": tuple(map(tuple, bounds.tolist()))}
-        if refit:
-            self._check_structure(structure)
-            structure["standardize"] = self._structure["standardize"]
-        settings = replace(settings, structure=structure)
         previous = None
         if refit:
-            previous = FitOutcome(
-                self.flow_,
-                None,  # type: ignore[arg-type]
-                self.standardize_,
-                self.standardize_scores_,
-                self.n_components_scores_,
+            structure = self._kept_structure(structure)
+            previous = StartModel(
+                self.flow_, self.standardize_, self.standardize_scores_, self.n_components_scores_
             )
+        settings = replace(settings, structure=structure)
         outcome = fit_flow(
             X,
             sample_weight,
@@ -444,10 +435,10 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             optimizer_state=self.__dict__.get("_optimizer_state") if refit else None,
         )
         # Commit the fitted state only now (a failure above leaves the old model).
-        result, flow = outcome.result, outcome.flow
-        self.flow_ = flow
+        result, model = outcome.result, outcome.model
+        flow = self.flow_ = model.flow
         self.device_ = str(device)
-        self.train_dtype_ = train_dtype
+        self.train_dtype_ = settings.train_dtype
         self.history_ = result.history
         self.n_iter_ = result.n_iter
         self.loss_curve_ = [h["train_loss"] for h in result.history]
@@ -458,13 +449,13 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         self.best_loss_ = result.best_loss
         self.stop_reason_ = result.stop_reason
         self._structure = structure
-        self.standardize_ = outcome.standardize
-        self.standardize_scores_ = outcome.map_scores
+        self.standardize_ = model.standardize
+        self.standardize_scores_ = model.map_scores
         self.discrete_features_ = resolution
         self.bounds_ = bounds
         self._support = interval
         self.n_components_ = 1 if flow.base is None else int(flow.base.means.shape[0])
-        self.n_components_scores_ = outcome.mixture_scores
+        self.n_components_scores_ = model.mixture_scores
         if not refit:  # a value on each grid, to round samples to
             self._grid_origin = X[sample_weight > 0].min(axis=0)
         self._optimizer_state = to_cpu(result.optimizer_state) if self.warm_start else None
@@ -472,8 +463,9 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         warn_solver_gap(result.final_solver_gap, settings.solver, self.early_stopping)
         return self
 
-    def _check_structure(self, structure: dict) -> None:
-        """A warm refit keeps the model's structure ('auto' keeps the map it chose)."""
+    def _kept_structure(self, structure: dict) -> dict:
+        """The structure of a warm refit: the fitted model's, which ``structure`` (from the
+        parameters) may not change ('auto' keeps the map it chose)."""
         fitted = dict(self._structure)
         if structure["standardize"] in ("auto", self.standardize_):
             structure = {**structure, "standardize": fitted["standardize"]}
@@ -483,6 +475,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
                 f"warm_start=True cannot change the model's structure ({', '.join(changed)} "
                 "differ from the fitted model); refit with warm_start=False."
             )
+        return structure
 
     # ------------------------------------------------------------------ inference
     def _eval_config(self) -> EvalConfig:
@@ -492,7 +485,10 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     def _in_chunks(self, method: Callable, A: np.ndarray) -> np.ndarray:
         hidden = self._structure["hidden_layer_sizes"]
         rows = chunk_rows(self.n_features_in_, hidden)
-        return in_chunks(method, A, self._eval_config(), rows)
+        return in_chunks(method, A, self._eval_config(), rows, self._device())
+
+    def _device(self) -> torch.device:
+        return next(iter(self.flow_.buffers())).device
 
     def _to_data(self, z: np.ndarray) -> np.ndarray:
         return self._in_chunks(self.flow_.to_data, z)
@@ -606,7 +602,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         if outside_support(X, self._support).any():
             raise ValueError("X has rows outside the bounds the model was fitted with.")
         config = self._eval_config()
-        x = float64_tensor(X, next(iter(self.flow_.buffers())).device)
+        x = float64_tensor(X, self._device())
         with torch.no_grad():
             path = self.flow_.path(x, int(n_times), config)
         return path.cpu().numpy()

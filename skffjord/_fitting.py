@@ -24,7 +24,7 @@ from ._flow import FFJORDFlow, TrainConfig
 from ._ode import FIXED_GRID_METHODS
 from ._preprocessing import dequantize
 from ._settings import Settings, fit_config
-from ._start_model import start_model, validation_split
+from ._start_model import StartModel, start_model, validation_split
 from ._training import (
     FitConfig,
     TrainingResult,
@@ -178,13 +178,11 @@ def _train_hybrid(
 
 @dataclass
 class FitOutcome:
-    """What a fit produced, for the estimator's fitted attributes."""
+    """What a fit produced, for the estimator's fitted attributes: the trained model and
+    the training record."""
 
-    flow: FFJORDFlow
+    model: StartModel
     result: TrainingResult
-    standardize: str
-    map_scores: dict | None
-    mixture_scores: dict | None
 
 
 def fit_flow(
@@ -196,7 +194,7 @@ def fit_flow(
     interval: np.ndarray,
     device: torch.device,
     seeds: tuple[int, int, int, int],
-    previous: FitOutcome | None = None,
+    previous: StartModel | None = None,
     optimizer_state: dict | None = None,
 ) -> FitOutcome:
     """Fit on validated rows; ``previous`` (a warm refit) starts from that model."""
@@ -220,9 +218,7 @@ def fit_flow(
     start = time.perf_counter()
     noise = np.random.default_rng(noise_seed)
     if previous is not None:
-        kind, map_scores = previous.standardize, previous.map_scores
-        mixture_scores = previous.mixture_scores
-        flow = copy.deepcopy(previous.flow)
+        started = replace(previous, flow=copy.deepcopy(previous.flow))
     else:
         started = start_model(
             X,
@@ -237,9 +233,7 @@ def fit_flow(
             init_seed=init_seed,
             noise_seed=noise_seed + 1,
         )
-        flow, kind = started.flow, started.standardize
-        map_scores, mixture_scores = started.map_scores, started.mixture_scores
-    run = _prepared(flow, X, sample_weight, device, probe_seed, resolution, noise)
+    run = _prepared(started.flow, X, sample_weight, device, probe_seed, resolution, noise)
     flow = run.flow
     data = run.data(train_idx, val_idx if early else None)
     common = dict(
@@ -286,7 +280,7 @@ def fit_flow(
     flow.scale = torch.as_tensor(run.scale, device=flow.scale.device)
     flow.marginal = None if run.marginal is None else run.marginal.to(device=device)
     flow.base = None if run.base is None else run.base.to(device=device)
-    return FitOutcome(flow, result, kind, map_scores, mixture_scores)
+    return FitOutcome(replace(started, flow=flow), result)
 
 
 _FIXES = (

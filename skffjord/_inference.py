@@ -30,11 +30,10 @@ def in_chunks(
     A: np.ndarray,
     config: EvalConfig,
     chunk: int,
+    device: torch.device,
 ) -> np.ndarray:
     """``method`` (a flow method taking float64 rows and a solve) over the rows of ``A``,
-    ``chunk`` rows at a time, on the device of the method's flow."""
-    flow = method.__self__  # type: ignore[attr-defined]
-    device = next(iter(flow.buffers())).device
+    ``chunk`` rows at a time, on ``device``."""
     A = np.asarray(A, dtype=np.float64)
     parts = []
     for start in range(0, A.shape[0], chunk):

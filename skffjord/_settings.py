@@ -32,6 +32,7 @@ from ._dynamics import auto_hidden_layer_sizes
 from ._flow import EvalConfig, TrainConfig
 from ._ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, ROWWISE_TABLEAUS
 from ._training import FitConfig
+from ._utils import resolve_train_dtype
 
 __all__ = [
     "Settings",
@@ -176,10 +177,12 @@ class Settings:
     params: dict
 
 
-def resolve(params: dict, n_features: int) -> Settings:
-    """Resolve the estimator's ``get_params()`` for a fit on ``n_features`` columns."""
+def resolve(params: dict, n_features: int, device: torch.device) -> Settings:
+    """Resolve the estimator's ``get_params()`` for a fit on ``n_features`` columns on
+    ``device``."""
     hidden = hidden_sizes(params["hidden_layer_sizes"], n_features)
     solver, train_dtype = train_config(params["solver"], hidden, params["trace_estimator"])
+    train_dtype = resolve_train_dtype(train_dtype, device, hidden)
     structure = {
         "hidden_layer_sizes": hidden,
         "activation": params["activation"],

@@ -9,6 +9,8 @@ decides the discrete features, draws the validation split, and builds that start
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
@@ -74,21 +76,15 @@ def validation_split(
     return train_idx, val_idx
 
 
+@dataclass
 class StartModel:
-    """A fresh flow (float64, field zero) with its fixed map and base fitted, and how they
-    were chosen."""
+    """A flow with its fixed map and base, and how they were chosen: fresh (field zero)
+    from :func:`start_model`, or the fitted model a warm refit continues."""
 
-    def __init__(
-        self,
-        flow: FFJORDFlow,
-        standardize: str,
-        map_scores: dict | None,
-        mixture_scores: dict | None,
-    ) -> None:
-        self.flow = flow
-        self.standardize = standardize
-        self.map_scores = map_scores
-        self.mixture_scores = mixture_scores
+    flow: FFJORDFlow
+    standardize: str
+    map_scores: dict | None
+    mixture_scores: dict | None
 
 
 def _fixed_map(kind: str, X: np.ndarray, w: np.ndarray) -> nn.Module | None:

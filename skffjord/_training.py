@@ -28,7 +28,6 @@ from ._callbacks import (
     WeightAverage,
     all_finite,
 )
-from ._callbacks import refine_solver as _refined  # noqa: F401  (importable from here)
 from ._fit_config import FitConfig
 from ._flow import FFJORDFlow
 from ._ode import SolverError

@@ -678,10 +678,10 @@ def test_git_blob_sha1_matches_git(tmp_path):
     assert git_blob_sha1(path) == "ce013625030ba8dba906f756967f9e9ca394464a"
 
 
-def test_former_import_paths_still_work():
-    from skffjord.datasets import _fetchers
+def test_every_dataset_has_its_public_fetcher():
+    import skffjord.datasets
 
-    assert _fetchers.SPECS is _specs.SPECS
-    assert _fetchers.DATASETS == ("power", "gas", "hepmass", "miniboone", "bsds300")
-    for name, fetch in _fetchers.FETCHERS.items():
-        assert getattr(_fetchers, f"fetch_{name}") is fetch is FETCHERS[name]
+    assert _specs.DATASETS == ("power", "gas", "hepmass", "miniboone", "bsds300")
+    assert tuple(FETCHERS) == _specs.DATASETS
+    for name, fetch in FETCHERS.items():
+        assert getattr(skffjord.datasets, f"fetch_{name}") is fetch

@@ -882,8 +882,8 @@ def test_default_training_solver_refines_when_exploited(X, monkeypatch, user_ste
 def test_training_solver_refinement_stops_at_its_cap(rng):
     from dataclasses import replace
 
+    from skffjord._callbacks import refine_solver as _refined
     from skffjord._flow import TrainConfig
-    from skffjord._training import _refined
 
     *_, config = _train_flow_setup(
         rng,

@@ -1,8 +1,4 @@
-"""Fetching a dataset by name: :func:`fetch_dataset`, over every ``fetch_*`` function.
-
-The ``fetch_*`` functions and the dataset specs are defined in their own modules and are also
-importable from here.
-"""
+"""Fetching a dataset by name: :func:`fetch_dataset`, over every ``fetch_*`` function."""
 
 from __future__ import annotations
 
@@ -13,20 +9,9 @@ from sklearn.utils import Bunch
 
 from ._bsds300 import fetch_bsds300
 from ._maf_tabular import fetch_gas, fetch_hepmass, fetch_miniboone, fetch_power
-from ._specs import DATASETS, SPECS, DatasetSpec, unknown_dataset
+from ._specs import unknown_dataset
 
-__all__ = [
-    "DATASETS",
-    "SPECS",
-    "DatasetSpec",
-    "FETCHERS",
-    "fetch_bsds300",
-    "fetch_dataset",
-    "fetch_gas",
-    "fetch_hepmass",
-    "fetch_miniboone",
-    "fetch_power",
-]
+__all__ = ["FETCHERS", "fetch_dataset"]
 
 FETCHERS: dict[str, Callable[..., Bunch]] = {
     "power": fetch_power,
@@ -47,7 +32,7 @@ def fetch_dataset(
     Parameters
     ----------
     name : str
-        The dataset's name, case-insensitive; see :data:`DATASETS`.
+        The dataset's name, case-insensitive; see :data:`~skffjord.datasets.DATASETS`.
     data_home : str or path-like, default=None
         Folder for downloads and cached splits; see :func:`get_data_home`.
     **kwargs
