@@ -29,6 +29,7 @@ __all__ = [
     "ChainedMap",
     "check_bounds",
     "check_inside",
+    "fit_rows",
     "outside_support",
     "support",
 ]
@@ -173,3 +174,16 @@ class ChainedMap(nn.Module):
     def inverse(self, u: Tensor) -> Tensor:
         y = u if self.second is None else self.second.inverse(u)
         return self.first.inverse(y)
+
+
+def fit_rows(
+    X: np.ndarray, sample_weight: np.ndarray, bounds: np.ndarray, interval: np.ndarray
+) -> np.ndarray:
+    """The training rows checked against the bounds: a weighted row outside ``interval``
+    raises (:func:`check_inside`); a row of zero weight outside is replaced by a weighted
+    row, which it weighs as little as, so that the maps stay finite."""
+    outside = outside_support(X, interval)
+    check_inside(X[outside & (sample_weight > 0)], bounds, interval)
+    if outside.any():
+        X = np.where(outside[:, None], X[sample_weight > 0][0], X)
+    return X

@@ -3,162 +3,109 @@ attributes); the fit itself is :func:`~skffjord._fitting.fit_flow`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, DensityMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._bounds import check_bounds, check_inside, outside_support, support
+from ._bounds import check_bounds, fit_rows, support
 from ._dynamics import ACTIVATIONS
+from ._fitted import fitted_attributes, restored_on_failure
 from ._fitting import fit_flow, warn_solver_gap, warn_stop
-from ._flow import EvalConfig
-from ._inference import chunk_rows, in_chunks
+from ._inference import FittedFlow
 from ._persistence import restored, stamped
-from ._preprocessing import snap_to_grid
-from ._settings import eval_config, resolve
+from ._sample_weight import checked_sample_weight
+from ._settings import eval_config, kept_structure, resolve
 from ._start_model import StartModel, discrete_resolution
 from ._utils import (
-    float64_tensor,
     reject_non_numeric_columns,
     resolve_device,
     spawn_seeds,
-    to_cpu,
 )
 
 __all__ = ["FFJORDDensity"]
-
-#: Fitted state, restored as a whole when a fit raises.
-FITTED = (
-    "flow_",
-    "n_features_in_",
-    "feature_names_in_",
-    "n_iter_",
-    "history_",
-    "loss_curve_",
-    "validation_scores_",
-    "best_validation_score_",
-    "best_loss_",
-    "device_",
-    "stop_reason_",
-    "standardize_",
-    "standardize_scores_",
-    "discrete_features_",
-    "bounds_",
-    "n_components_",
-    "n_components_scores_",
-    "train_dtype_",
-    "_support",
-    "_grid_origin",
-    "_optimizer_state",
-    "_structure",
-)
 
 
 class FFJORDDensity(DensityMixin, BaseEstimator):
     """Density estimation with an FFJORD continuous normalizing flow.
 
-    The model maps data ``x`` through a fixed map (bounded features opened, a per-feature
-    map and whitening: ``standardize``) to ``u``, then integrates ``dz/dt = f(z, t)`` from
-    ``z(0) = u``, where ``f`` is a time-conditioned neural network. The log-density follows
-    the instantaneous change of variables, ``log p(x) = log p_base(z(T)) + int_0^T
-    tr(df/dz) dt + log |det du/dx|``, with a Gaussian or Gaussian-mixture base. The field
-    starts at zero, so a fit starts from that classical model; by default it is fitted by
-    flow matching (no ODE solve) and then by maximum likelihood through a short RK4 solve
-    with the exact trace and RNODE's penalties (``training='hybrid'``).
-    :meth:`score_samples` uses the exact trace and a per-row adaptive solver, so scores are
-    deterministic and, up to the solver tolerance (exactly with
-    ``eval_solver={'dtype': 'float64'}``), do not depend on which rows are scored together.
+    Data ``x`` pass through a fixed map (declared bounds opened, a per-feature map and
+    whitening: ``standardize``) to ``u``, then ``dz/dt = f(z, t)``, a time-conditioned
+    network, is integrated from ``z(0) = u``. By the instantaneous change of variables,
+    ``log p(x) = log p_base(z(T)) + int_0^T tr(df/dz) dt + log |det du/dx|``, with a
+    Gaussian or Gaussian-mixture base. The field starts at zero, so a fit starts from that
+    classical model. :meth:`score_samples` uses the exact trace and a per-row adaptive
+    solver: scores are deterministic and, up to the solver tolerance (exactly with
+    ``eval_solver={'dtype': 'float64'}``), independent of which rows are scored together.
 
     Parameters
     ----------
     hidden_layer_sizes : tuple of int or 'auto', default='auto'
-        Widths of the hidden layers of ``f``. ``'auto'`` gives two layers of width ``8 d``
-        rounded up to a multiple of 64 and kept within [128, 256]. With at most two hidden
-        layers the exact trace has a closed form as cheap as a forward pass. A hidden layer
-        narrower than the data is a bottleneck, where the Hutchinson probe is drawn.
+        Hidden widths of ``f``; 'auto': two layers of ``8 d`` rounded up to a multiple of
+        64 within [128, 256]. With at most two layers the exact trace costs a forward pass.
+        A layer narrower than the data is a bottleneck, where Hutchinson probes are drawn.
     activation : {'softplus', 'tanh', 'elu', 'swish'}, default='softplus'
         Smooth non-linearity of ``f``.
     n_blocks : int, default=1
         Number of stacked CNF blocks, each with its own network.
     training : {'likelihood', 'flow_matching', 'hybrid'}, default='hybrid'
-        How the field is fitted. ``'likelihood'`` maximises the log-likelihood through the
-        ODE solver (FFJORD). ``'flow_matching'`` regresses the field onto the velocities of
-        straight paths between base draws and data rows: no ODE is solved in training, and
-        ``score_samples`` still computes the flow's exact likelihood; its validation scores
-        are the negative regression loss, and without early stopping it runs for the whole
-        budget. ``'hybrid'`` runs flow matching, then maximum likelihood for the last
-        quarter of ``max_iter`` and of ``max_time``; ``history_`` marks each epoch's
-        ``phase``.
+        'likelihood': maximum likelihood through the ODE solver (FFJORD). 'flow_matching':
+        regress ``f`` onto the velocities of straight paths from base draws to data rows (no
+        solve in training; validation scores are the negative regression loss). 'hybrid':
+        flow matching, then likelihood for the last quarter of ``max_iter`` and
+        ``max_time`` (``history_`` marks each epoch's ``phase``).
     trace_estimator : {'auto', 'hutchinson', 'exact'}, default='auto'
-        Trace of ``df/dz`` in likelihood training: one vector-Jacobian product with a random
-        probe (fixed within each solve), or the exact trace (closed form with at most two
-        hidden layers, else ``d`` vector-Jacobian products). ``'auto'``: exact with at most
-        two hidden layers, Hutchinson otherwise. Scores always use the exact trace.
+        Trace of ``df/dz`` in likelihood training: Hutchinson's estimator (one probe per
+        solve) or exact; 'auto': exact with at most two hidden layers. Scores are exact.
     solver : dict or None, default=None
-        The likelihood-training solve; the keys given replace these defaults:
-        ``method='rk4'`` (any torchdiffeq method; four steps, one more whenever an epoch's
-        ``solver_gap`` exceeds one nat per row), ``options=None`` (torchdiffeq options,
-        e.g. ``{'step_size': 0.1}``), ``atol=1e-5``, ``rtol=1e-5`` and
-        ``max_num_steps=1000`` (adaptive methods), ``adjoint=False`` (gradients by the
-        adjoint method: memory independent of the steps), ``dtype='auto'`` ('float32', or
-        'bfloat16' mixed-precision products, which 'auto' picks on CPUs with native bfloat16
-        for hidden layers of 192 units or more), and ``kinetic_energy_reg=0.01`` and
-        ``jacobian_reg=0.01``, the weights of RNODE's penalties on the field's kinetic
-        energy and Jacobian, which keep it smooth enough for the short solve (0 for plain
-        maximum likelihood). Unknown keys raise an error.
+        The likelihood-training solve; given keys replace the defaults ``method='rk4'``
+        (four steps, one more whenever an epoch's ``solver_gap`` exceeds a nat per row),
+        ``options=None`` (torchdiffeq options), ``atol=1e-5``, ``rtol=1e-5``,
+        ``max_num_steps=1000``, ``adjoint=False`` (adjoint gradients: memory independent of
+        the steps), ``dtype='auto'`` ('float32', or 'bfloat16' products where the CPU has
+        them natively and layers are 192 wide or more), ``kinetic_energy_reg=0.01`` and
+        ``jacobian_reg=0.01`` (RNODE's penalties, which keep ``f`` smooth enough for the
+        short solve). Unknown keys raise an error.
     eval_solver : dict or None, default=None
-        The solve of :meth:`score_samples`, :meth:`sample`, :meth:`trajectory` and of the
-        validation scores; the keys given replace these defaults: ``method='dopri5'`` (step
-        size controlled per row; or a fixed-step torchdiffeq method with its ``options``),
+        The solve of scores, samples, trajectories and validation; given keys replace
+        ``method='dopri5'`` (step size per row; or a fixed-step method with ``options``),
         ``atol=1e-6``, ``rtol=1e-5``, ``max_num_steps=10000`` and ``dtype='float32'``
-        ('float64': scores independent of their batch-mates to rounding; the map and the
-        final sum are always float64).
+        ('float64': scores independent of their batch-mates to rounding).
     standardize : bool or {'auto', 'affine', 'sinh_arcsinh', 'quantile'}, default='auto'
-        The fixed map in front of the flow, fitted on the training rows; its log-Jacobian is
-        in every score. ``'affine'`` (or ``True``): centre and whiten with the covariance's
-        Cholesky factor. ``'sinh_arcsinh'``: first ``sinh(delta asinh((x - a) / b) - eps)``
-        per feature, fitted by maximum likelihood (skewed and heavy-tailed features), then
-        the whitening. ``'quantile'``: piecewise-linear through training quantiles onto
-        normal quantiles. ``'auto'``: 'affine' or 'sinh_arcsinh', whichever Gaussian has the
-        higher 5-fold cross-validated log-likelihood. ``False``: the identity.
+        The fixed map in front of the flow (its log-Jacobian is in every score). 'affine'
+        (True): centre and whiten. 'sinh_arcsinh': per feature ``sinh(delta asinh((x - a) /
+        b) - eps)`` fitted by maximum likelihood, then whitening. 'quantile': piecewise-linear
+        onto normal quantiles. 'auto': 'affine' or 'sinh_arcsinh', by 5-fold cross-validated
+        Gaussian log-likelihood. False: the identity.
     discrete_features : 'auto', None or array-like of shape (n_features,), default='auto'
-        Cell width of each feature recorded to a resolution (0: continuous). Such features
-        are dequantised (spread uniformly over their cell, a fresh draw every epoch), so the
-        model is a continuous density that does not spike on repeated values; a row's score
-        then approximates the log-probability of its cell minus the log of its volume, and
-        :meth:`sample` rounds these features to their grid. ``'auto'``:
-        :func:`~skffjord.find_discrete_features`. ``None``: no dequantisation.
+        Cell width of each feature recorded to a resolution (0: continuous). These features
+        are dequantised (spread over their cell, fresh each epoch), so the density does not
+        spike on ties; a score then approximates the log-probability of the row's cell minus
+        the log of its volume, and :meth:`sample` rounds to the grid. 'auto':
+        :func:`~skffjord.find_discrete_features`. None: no dequantisation.
     bounds : dict, array-like of shape (n_features, 2) or None, default=None
-        Declared bounds of features known to lie in an interval: one ``(low, high)`` pair
-        per feature, or a dict from feature names or indices to pairs; ``None`` or an
-        infinite value leaves a side open. A bounded feature goes through ``log(x - low)``,
-        ``-log(high - x)`` or ``logit`` before ``standardize``, so the density is zero
-        outside the bounds (rows there score ``-inf``), samples stay inside, and mass piled
-        at a bound becomes a tail. Training values must lie strictly inside; for a discrete
-        feature the bounds apply to its recorded values and its cells fill
-        ``[low - step / 2, high + step / 2]``.
+        Declared ``(low, high)`` bounds per feature (a dict may name features or indices;
+        None or an infinite value leaves a side open). A bounded feature goes through
+        ``log``, ``-log`` or ``logit`` before ``standardize``: rows outside score ``-inf``,
+        samples stay inside, a pile at a bound becomes a tail. Training values must lie
+        strictly inside; a discrete feature's cells fill ``[low - step/2, high + step/2]``.
     n_components : int or 'auto', default='auto'
-        Components of the base distribution, a Gaussian mixture fitted by EM to the
-        training rows through the map (1: the standard normal). ``'auto'``: the count among
-        1, 2, 3, 5, 8, 12 and 20 with the best held-out log-likelihood. The mixture is
-        fixed; the flow is trained on top of it.
+        Components of the base, a Gaussian mixture fitted by EM to the mapped rows and then
+        fixed (1: standard normal). 'auto': the best held-out count of 1, 2, 3, 5, 8, 12, 20.
     batch_size : int or 'auto', default='auto'
-        Mini-batch size, ``min(512, n_samples)`` for 'auto'; clipped with a warning when
-        larger than the training set.
+        Mini-batch size; 'auto': ``min(512, n_samples)``.
     learning_rate_init : float, default=1e-3
-        Adam's initial step size. The likelihood epochs lower it when they stall.
+        Adam's initial step size; likelihood epochs lower it when they stall.
     alpha : float, default=0.0
         L2 penalty (Adam's weight decay).
     max_iter : int or None, default=None
-        Maximum number of epochs. ``None``: no cap when ``max_time`` is set, else 100; an
-        epoch is then as many passes over the rows as make at least 20 mini-batches.
+        Maximum number of epochs. None: no cap with ``max_time``, else 100; an epoch is then
+        as many passes over the rows as make at least 20 mini-batches.
     max_time : float, default=None
         Wall-clock budget of a fit in seconds, checked after every optimizer step.
     tol : float, default=1e-4
@@ -167,18 +114,16 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         Epochs without progress (training loss, or validation score with
         ``early_stopping``) before training stops.
     early_stopping : bool, default=True
-        Hold out ``validation_fraction`` of the rows, stop when their log-likelihood (through
-        the evaluation solver) stops improving, and keep the best weights. The starting
-        model (or the fitted one in a ``warm_start`` refit) is kept unless the trained one
-        beats it on the validation rows by more than one standard error of the paired
-        per-row differences.
+        Hold out ``validation_fraction`` of the rows, stop when their log-likelihood stops
+        improving and keep the best weights. The starting (or, with ``warm_start``, the
+        fitted) model is kept unless the trained one beats it on those rows by more than one
+        standard error of the paired per-row differences.
     validation_fraction : float, default=0.1
         Share of the rows held out for early stopping.
     device : str, default='cpu'
         'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available).
     random_state : int, RandomState instance or None, default=None
-        Controls initialisation, the validation split, mini-batch order, dequantisation and
-        Hutchinson probes. An int makes fits reproducible on the same machine.
+        Seeds initialisation, validation split, batches, dequantisation and probes.
     verbose : int, default=0
         Show a progress bar with the loss when > 0.
     warm_start : bool, default=False
@@ -377,55 +322,40 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             best (or last good) weights are kept and a warning says why. If ``fit``
             raises, the previously fitted model is left untouched.
         """
-        saved = {k: self.__dict__[k] for k in FITTED if k in self.__dict__}
-        try:
+        with restored_on_failure(self):
             return self._fit(X, sample_weight)
-        except BaseException:
-            for k in FITTED:
-                self.__dict__.pop(k, None)
-            self.__dict__.update(saved)
-            raise
 
     def _fit(self, X: Any, sample_weight: Any) -> FFJORDDensity:
         reject_non_numeric_columns(X)
         refit = self.warm_start and hasattr(self, "flow_")
         old_features = getattr(self, "n_features_in_", None)
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=1)
-        n_features = X.shape[1]
-        if refit and old_features != n_features:
+        if refit and old_features != X.shape[1]:
             raise ValueError(
-                f"warm_start=True but X has {n_features} features while the fitted model "
+                f"warm_start=True but X has {X.shape[1]} features while the fitted model "
                 f"has {old_features}; refit with warm_start=False."
             )
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
-        if np.any(sample_weight < 0):
-            raise ValueError("sample_weight must be non-negative.")
-        if not sample_weight.sum() > 0:
-            raise ValueError("sample_weight must have a positive sum.")
+        weight = checked_sample_weight(sample_weight, X)
         device = resolve_device(self.device)
-        settings = resolve(self.get_params(deep=False), n_features, device)
-        resolution = (
-            self.discrete_features_
-            if refit
-            else discrete_resolution(self.discrete_features, X, sample_weight)
-        )
-        bounds = check_bounds(self.bounds, n_features, getattr(self, "feature_names_in_", None))
+        settings = resolve(self.get_params(deep=False), X.shape[1], device)
+        if refit:
+            resolution = self.discrete_features_
+        else:
+            resolution = discrete_resolution(self.discrete_features, X, weight)
+        bounds = check_bounds(self.bounds, X.shape[1], getattr(self, "feature_names_in_", None))
         interval = support(bounds, resolution)
-        outside = outside_support(X, interval)
-        check_inside(X[outside & (sample_weight > 0)], bounds, interval)
-        if outside.any():  # rows that weigh nothing may lie anywhere; keep the maps finite
-            X = np.where(outside[:, None], X[sample_weight > 0][0], X)
+        X = fit_rows(X, weight, bounds, interval)
         structure = {**settings.structure, "bounds": tuple(map(tuple, bounds.tolist()))}
         previous = None
         if refit:
-            structure = self._kept_structure(structure)
+            structure = kept_structure(self._structure, self.standardize_, structure)
             previous = StartModel(
                 self.flow_, self.standardize_, self.standardize_scores_, self.n_components_scores_
             )
         settings = replace(settings, structure=structure)
         outcome = fit_flow(
             X,
-            sample_weight,
+            weight,
             settings,
             resolution=resolution,
             interval=interval,
@@ -435,66 +365,43 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             optimizer_state=self.__dict__.get("_optimizer_state") if refit else None,
         )
         # Commit the fitted state only now (a failure above leaves the old model).
-        result, model = outcome.result, outcome.model
-        flow = self.flow_ = model.flow
-        self.device_ = str(device)
-        self.train_dtype_ = settings.train_dtype
-        self.history_ = result.history
-        self.n_iter_ = result.n_iter
-        self.loss_curve_ = [h["train_loss"] for h in result.history]
-        self.validation_scores_ = (
-            [h["valid_score"] for h in result.history] if self.early_stopping else None
+        self.__dict__.update(
+            fitted_attributes(
+                outcome,
+                settings,
+                device=device,
+                resolution=resolution,
+                bounds=bounds,
+                interval=interval,
+                early_stopping=self.early_stopping,
+                keep_optimizer_state=self.warm_start,
+            )
         )
-        self.best_validation_score_ = result.best_validation_score
-        self.best_loss_ = result.best_loss
-        self.stop_reason_ = result.stop_reason
-        self._structure = structure
-        self.standardize_ = model.standardize
-        self.standardize_scores_ = model.map_scores
-        self.discrete_features_ = resolution
-        self.bounds_ = bounds
-        self._support = interval
-        self.n_components_ = 1 if flow.base is None else int(flow.base.means.shape[0])
-        self.n_components_scores_ = model.mixture_scores
         if not refit:  # a value on each grid, to round samples to
-            self._grid_origin = X[sample_weight > 0].min(axis=0)
-        self._optimizer_state = to_cpu(result.optimizer_state) if self.warm_start else None
-        warn_stop(result, self.max_iter, settings.eval_solver.method)
-        warn_solver_gap(result.final_solver_gap, settings.solver, self.early_stopping)
+            self._grid_origin = X[weight > 0].min(axis=0)
+        warn_stop(outcome.result, self.max_iter, settings.eval_solver.method)
+        warn_solver_gap(outcome.result.final_solver_gap, settings.solver, self.early_stopping)
         return self
 
-    def _kept_structure(self, structure: dict) -> dict:
-        """The structure of a warm refit: the fitted model's, which ``structure`` (from the
-        parameters) may not change ('auto' keeps the map it chose)."""
-        fitted = dict(self._structure)
-        if structure["standardize"] in ("auto", self.standardize_):
-            structure = {**structure, "standardize": fitted["standardize"]}
-        changed = sorted(k for k, v in structure.items() if fitted.get(k) != v)
-        if changed:
-            raise ValueError(
-                f"warm_start=True cannot change the model's structure ({', '.join(changed)} "
-                "differ from the fitted model); refit with warm_start=False."
-            )
-        return structure
-
     # ------------------------------------------------------------------ inference
-    def _eval_config(self) -> EvalConfig:
+    def _fitted_flow(self) -> FittedFlow:
+        check_is_fitted(self)
         self._validate_params()  # parameters may have been set after fit
-        return eval_config(self.eval_solver)
-
-    def _in_chunks(self, method: Callable, A: np.ndarray) -> np.ndarray:
-        hidden = self._structure["hidden_layer_sizes"]
-        rows = chunk_rows(self.n_features_in_, hidden)
-        return in_chunks(method, A, self._eval_config(), rows, self._device())
-
-    def _device(self) -> torch.device:
-        return next(iter(self.flow_.buffers())).device
+        return FittedFlow(
+            flow=self.flow_,
+            config=eval_config(self.eval_solver),
+            hidden=self._structure["hidden_layer_sizes"],
+            support=self._support,
+            bounds=self.bounds_,
+            resolution=self.discrete_features_,
+            origin=self._grid_origin,
+        )
 
     def _to_data(self, z: np.ndarray) -> np.ndarray:
-        return self._in_chunks(self.flow_.to_data, z)
+        return self._fitted_flow().to_data(z)
 
     def _to_latent(self, X: np.ndarray) -> np.ndarray:
-        return self._in_chunks(self.flow_.to_latent, X)
+        return self._fitted_flow().to_latent(X)
 
     def _validated(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
@@ -505,8 +412,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         """Log-density of each row, in natural-log units of the user's data.
 
         Computed with the exact trace and the evaluation solver (``eval_solver``), in
-        chunks. Scores are deterministic. Rows outside the declared ``bounds`` score
-        ``-inf``.
+        chunks; deterministic. Rows outside the declared ``bounds`` score ``-inf``.
 
         Parameters
         ----------
@@ -517,13 +423,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         ndarray of shape (n_samples,)
             ``log p(x)`` per row.
         """
-        X = self._validated(X)
-        outside = outside_support(X, self._support)
-        if outside.any():
-            X = np.where(outside[:, None], self._grid_origin, X)  # a row inside, scored apart
-        scores = self._in_chunks(self.flow_.log_prob, X)
-        scores[outside] = -np.inf
-        return scores
+        return self._fitted_flow().log_density(self._validated(X))
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per row (like GaussianMixture; KernelDensity sums).
@@ -552,22 +452,14 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         Returns
         -------
         ndarray of shape (n_samples, n_features)
-            Samples in the user's units; the discrete features (``discrete_features_``) are
+            Samples in the user's units; discrete features (``discrete_features_``) are
             rounded to their grid, so each grid point is drawn with the model's probability
             of its cell, and every feature lies within its ``bounds``.
         """
         check_is_fitted(self)
         if not isinstance(n_samples, Integral) or isinstance(n_samples, bool) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
-        rng = check_random_state(random_state)
-        base = self.flow_.base
-        if base is None:
-            z = rng.standard_normal((int(n_samples), self.n_features_in_))
-        else:
-            z = base.sample_numpy(int(n_samples), rng)
-        X = self._to_data(z)
-        X = snap_to_grid(X, self.discrete_features_, self._grid_origin)
-        return np.clip(X, self.bounds_[:, 0], self.bounds_[:, 1])
+        return self._fitted_flow().sample(int(n_samples), check_random_state(random_state))
 
     def trajectory(self, X: Any, n_times: int = 11) -> np.ndarray:
         """The path of each row through the flow, from the data (t=0) to the latent space.
@@ -583,29 +475,13 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
         Returns
         -------
         ndarray of shape (1 + n_blocks * (n_times - 1), n_samples, n_features)
-            ``path[0]`` is ``X``; ``path[-1]`` is the latent point ``z(T)``. Every state is
-            mapped back through the inverse of the fixed map, so all lie in the user's units.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from skffjord import FFJORDDensity
-        >>> X = np.random.default_rng(0).normal(size=(100, 2))
-        >>> model = FFJORDDensity(max_iter=2, random_state=0).fit(X)
-        >>> model.trajectory(X[:5], n_times=4).shape
-        (4, 5, 2)
+            ``path[0]`` is ``X``; ``path[-1]`` is the latent point ``z(T)``; every state is
+            mapped back through the inverse of the fixed map, into the user's units.
         """
         check_is_fitted(self)
         if not isinstance(n_times, Integral) or isinstance(n_times, bool) or n_times < 2:
             raise ValueError(f"n_times must be an integer of at least 2, got {n_times!r}.")
-        X = self._validated(X)
-        if outside_support(X, self._support).any():
-            raise ValueError("X has rows outside the bounds the model was fitted with.")
-        config = self._eval_config()
-        x = float64_tensor(X, self._device())
-        with torch.no_grad():
-            path = self.flow_.path(x, int(n_times), config)
-        return path.cpu().numpy()
+        return self._fitted_flow().path(self._validated(X), int(n_times))
 
     # ------------------------------------------------------------------ persistence
     def __getstate__(self) -> dict:

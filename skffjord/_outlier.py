@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 from sklearn.base import OutlierMixin, _fit_context
 from sklearn.utils._param_validation import Interval
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+from sklearn.utils.validation import check_is_fitted
 
-from ._estimator import FITTED, FFJORDDensity
+from ._estimator import FFJORDDensity
+from ._fitted import FITTED, restored_on_failure
+from ._sample_weight import checked_sample_weight
 
 __all__ = ["FFJORDOutlierDetector"]
 
@@ -89,18 +91,11 @@ validation_scores_, best_validation_score_, best_loss_, device_, stop_reason_
             The fitted detector. If ``fit`` raises, a previously fitted detector is left
             untouched.
         """
-        keys = (*FITTED, "offset_")
-        saved = {k: self.__dict__[k] for k in keys if k in self.__dict__}
-        try:
+        with restored_on_failure(self, (*FITTED, "offset_")):
             super().fit(X, y, sample_weight=sample_weight)
             scores = self.score_samples(X)
-            weights = _check_sample_weight(sample_weight, scores, dtype=np.float64)
+            weights = checked_sample_weight(sample_weight, scores)
             self.offset_ = _weighted_quantile(scores, weights, float(self.contamination))
-        except BaseException:
-            for k in keys:
-                self.__dict__.pop(k, None)
-            self.__dict__.update(saved)
-            raise
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:

@@ -39,6 +39,7 @@ __all__ = [
     "eval_config",
     "fit_config",
     "hidden_sizes",
+    "kept_structure",
     "resolve",
     "train_config",
 ]
@@ -197,6 +198,21 @@ def resolve(params: dict, n_features: int, device: torch.device) -> Settings:
         structure=structure,
         params=params,
     )
+
+
+def kept_structure(fitted: dict, fitted_standardize: str, structure: dict) -> dict:
+    """The structure of a warm refit: the fitted model's (``fitted``), which ``structure``
+    (from the current parameters) may not change; ``standardize='auto'`` keeps the map the
+    fit chose (``fitted_standardize``)."""
+    if structure["standardize"] in ("auto", fitted_standardize):
+        structure = {**structure, "standardize": fitted["standardize"]}
+    changed = sorted(k for k, v in structure.items() if fitted.get(k) != v)
+    if changed:
+        raise ValueError(
+            f"warm_start=True cannot change the model's structure ({', '.join(changed)} "
+            "differ from the fitted model); refit with warm_start=False."
+        )
+    return structure
 
 
 def fit_config(
