@@ -21,9 +21,9 @@ from ._ode import (
     FIXED_GRID_METHODS,
     TRAINING_FIXED_STEPS,
     integrate,
-    integrate_rowwise,
     sets_grid,
 )
+from ._rowwise_ode import integrate_rowwise
 
 __all__ = [
     "JACOBIAN_PENALTY_SHARE",
@@ -166,7 +166,7 @@ class _ScoringDynamics(nn.Module):
     state ``z`` alone.
 
     :meth:`forward` takes torchdiffeq's tuple of states; :meth:`rowwise` takes
-    :func:`~skffjord._ode.integrate_rowwise`'s ``y = [z, log-det]`` (or ``y = z``).
+    :func:`~skffjord._rowwise_ode.integrate_rowwise`'s ``y = [z, log-det]`` (or ``y = z``).
 
     Parameters
     ----------

@@ -18,12 +18,13 @@ from ._dynamics import ACTIVATIONS
 from ._fitted import fitted_attributes, restored_on_failure
 from ._fitting import fit_flow, warn_solver_gap, warn_stop
 from ._inference import FittedFlow
+from ._model_file import ModelFileMixin
 from ._persistence import restored, stamped
 from ._sample_weight import checked_sample_weight
 from ._settings import eval_config, kept_structure, resolve
-from ._start_model import StartModel, discrete_resolution
+from ._start_model import StartModel, check_training_rows, discrete_resolution
 from ._utils import (
-    reject_non_numeric_columns,
+    numeric_columns,
     resolve_device,
     spawn_seeds,
 )
@@ -31,7 +32,7 @@ from ._utils import (
 __all__ = ["FFJORDDensity"]
 
 
-class FFJORDDensity(DensityMixin, BaseEstimator):
+class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
     """Density estimation with an FFJORD continuous normalizing flow.
 
     Data ``x`` pass through a fixed map (declared bounds opened, a per-feature map and
@@ -125,7 +126,8 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Seeds initialisation, validation split, batches, dequantisation and probes.
     verbose : int, default=0
-        Show a progress bar with the loss when > 0.
+        0: silent; 1: one progress bar on stderr naming the phase and its loss; 2: also a
+        line per epoch.
     warm_start : bool, default=False
         Continue from the fitted weights, map, base and optimizer state.
 
@@ -326,7 +328,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             return self._fit(X, sample_weight)
 
     def _fit(self, X: Any, sample_weight: Any) -> FFJORDDensity:
-        reject_non_numeric_columns(X)
+        X = numeric_columns(X, type(self).__name__)
         refit = self.warm_start and hasattr(self, "flow_")
         old_features = getattr(self, "n_features_in_", None)
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=1)
@@ -342,6 +344,9 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
             resolution = self.discrete_features_
         else:
             resolution = discrete_resolution(self.discrete_features, X, weight)
+        check_training_rows(
+            X, weight, resolution, getattr(self, "feature_names_in_", None), type(self).__name__
+        )
         bounds = check_bounds(self.bounds, X.shape[1], getattr(self, "feature_names_in_", None))
         interval = support(bounds, resolution)
         X = fit_rows(X, weight, bounds, interval)
@@ -405,7 +410,7 @@ class FFJORDDensity(DensityMixin, BaseEstimator):
 
     def _validated(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
-        reject_non_numeric_columns(X)
+        X = numeric_columns(X, type(self).__name__)
         return validate_data(self, X, reset=False, dtype=np.float64)
 
     def score_samples(self, X: Any) -> np.ndarray:

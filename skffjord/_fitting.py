@@ -20,9 +20,10 @@ from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
 from ._defaults import LIKELIHOOD_SHARE, SOLVER_GAP_WARNING
+from ._discrete import dequantize
 from ._flow import FFJORDFlow, TrainConfig
 from ._ode import FIXED_GRID_METHODS
-from ._preprocessing import dequantize
+from ._progress import ProgressDisplay
 from ._settings import Settings, fit_config
 from ._start_model import StartModel, start_model, validation_split
 from ._training import (
@@ -136,6 +137,27 @@ def _prepared(
     )
 
 
+def _hybrid_epochs(max_iter: int) -> tuple[int, int]:
+    """The epochs of the flow-matching phase and of the likelihood phase of a hybrid fit of
+    ``max_iter`` epochs (the likelihood phase gets :data:`LIKELIHOOD_SHARE`, each at least
+    one)."""
+    n_likelihood = max(1, round(LIKELIHOOD_SHARE * max_iter))
+    return max(1, max_iter - n_likelihood), n_likelihood
+
+
+def _planned_epochs(params: dict, fit_cfg: FitConfig) -> int | None:
+    """The progress display's total: the epochs of the whole fit, or ``None`` when only
+    ``max_time`` bounds it."""
+    # A fit bounded by the clock alone has no meaningful epoch total (the phases' epochs
+    # take very different times), and a bar counting seconds would not count epochs: the
+    # bar then shows the epochs done, their rate and the time elapsed, with no total.
+    if params["max_iter"] is None and params["max_time"] is not None:
+        return None
+    if params["training"] == "hybrid":
+        return sum(_hybrid_epochs(fit_cfg.max_iter))
+    return fit_cfg.max_iter
+
+
 def _train_hybrid(
     flow: FFJORDFlow,
     data: tuple,
@@ -145,9 +167,8 @@ def _train_hybrid(
     start: float,
 ) -> TrainingResult:
     """Flow matching, then maximum likelihood for :data:`LIKELIHOOD_SHARE` of the budget
-    (``start``: when the fit began)."""
-    n_likelihood = max(1, round(LIKELIHOOD_SHARE * fit_cfg.max_iter))
-    n_matching = max(1, fit_cfg.max_iter - n_likelihood)
+    (``start``: when the fit began; ``common`` holds the fit's progress display)."""
+    n_matching, n_likelihood = _hybrid_epochs(fit_cfg.max_iter)
     matching_time = None
     if fit_cfg.max_time is not None:
         matching_time = (1 - LIKELIHOOD_SHARE) * fit_cfg.max_time - (time.perf_counter() - start)
@@ -161,6 +182,8 @@ def _train_hybrid(
         record["phase"] = "flow_matching"
     if first.stop_reason in FAILED:
         return first
+    # the likelihood phase's epochs follow at once on the bar
+    common["progress"].skip(n_matching - first.n_iter)
     remaining = None
     if fit_cfg.max_time is not None:
         remaining = max(fit_cfg.max_time - (time.perf_counter() - start), 1e-3)
@@ -216,61 +239,65 @@ def fit_flow(
     validation_solver = replace(settings.eval_solver, dtype=None)
     fit_cfg = fit_config(params, len(train_idx), settings.solver, validation_solver, autocast)
     start = time.perf_counter()
-    noise = np.random.default_rng(noise_seed)
-    if previous is not None:
-        started = replace(previous, flow=copy.deepcopy(previous.flow))
-    else:
-        started = start_model(
-            X,
-            sample_weight,
-            train_idx,
-            resolution=resolution,
-            interval=interval,
-            structure=settings.structure,
-            n_components=params["n_components"],
-            validation_fraction=float(params["validation_fraction"]),
+    # one progress display for the whole fit, closed however the fit ends
+    with ProgressDisplay(fit_cfg.verbose, _planned_epochs(params, fit_cfg)) as progress:
+        noise = np.random.default_rng(noise_seed)
+        if previous is not None:
+            started = replace(previous, flow=copy.deepcopy(previous.flow))
+        else:
+            progress.phase("starting model")  # choosing the map and the base
+            started = start_model(
+                X,
+                sample_weight,
+                train_idx,
+                resolution=resolution,
+                interval=interval,
+                structure=settings.structure,
+                n_components=params["n_components"],
+                validation_fraction=float(params["validation_fraction"]),
+                rng=rng,
+                init_seed=init_seed,
+                noise_seed=noise_seed + 1,
+            )
+        run = _prepared(started.flow, X, sample_weight, device, probe_seed, resolution, noise)
+        flow = run.flow
+        data = run.data(train_idx, val_idx if early else None)
+        common = dict(
             rng=rng,
-            init_seed=init_seed,
-            noise_seed=noise_seed + 1,
+            generator=run.generator,
+            log_det_offset=run.mean_log_det(train_idx),
+            val_log_det_offset=run.mean_log_det(val_idx) if early else None,
+            redraw=run.redraw(train_idx),
+            progress=progress,
         )
-    run = _prepared(started.flow, X, sample_weight, device, probe_seed, resolution, noise)
-    flow = run.flow
-    data = run.data(train_idx, val_idx if early else None)
-    common = dict(
-        rng=rng,
-        generator=run.generator,
-        log_det_offset=run.mean_log_det(train_idx),
-        val_log_det_offset=run.mean_log_det(val_idx) if early else None,
-        redraw=run.redraw(train_idx),
-    )
-    # with early stopping the starting model competes too (the classical model of the
-    # fixed map and base, the field being zero; or the fitted model in a warm refit): the
-    # fit keeps it unless the validation rows improve by more than their noise
-    initial = None
-    if early:
-        initial = (
-            validation_log_probs(flow, data[2], fit_cfg),
-            copy.deepcopy(flow.state_dict()),
-        )
-    if params["training"] != "hybrid":
-        fit_cfg = replace(fit_cfg, score_initial=previous is not None)
-        result = train_flow(flow, *data, fit_cfg, optimizer_state=optimizer_state, **common)
-    else:
-        result = _train_hybrid(flow, data, fit_cfg, optimizer_state, common, start)
-    if initial is not None:
-        end = validation_log_probs(flow, data[2], fit_cfg)
-        w_val = sample_weight[val_idx]
-        offset = common["val_log_det_offset"]
-        if not significant_gain(end, initial[0], w_val):
-            flow.load_state_dict(initial[1])
-            result.final_solver_gap = math.nan
-            if params["training"] == "flow_matching":  # validation scores are -losses there
-                score = -flow_matching_validation_loss(flow, data[2], data[3], fit_cfg)
-            else:
-                score = float(np.average(initial[0], weights=w_val)) + offset
-            result.best_validation_score = score
-        elif result.best_validation_score is None and end is not None:
-            result.best_validation_score = float(np.average(end, weights=w_val)) + offset
+        # with early stopping the starting model competes too (the classical model of the
+        # fixed map and base, the field being zero; or the fitted model in a warm refit): the
+        # fit keeps it unless the validation rows improve by more than their noise
+        initial = None
+        if early:
+            initial = (
+                validation_log_probs(flow, data[2], fit_cfg),
+                copy.deepcopy(flow.state_dict()),
+            )
+        if params["training"] != "hybrid":
+            fit_cfg = replace(fit_cfg, score_initial=previous is not None)
+            result = train_flow(flow, *data, fit_cfg, optimizer_state=optimizer_state, **common)
+        else:
+            result = _train_hybrid(flow, data, fit_cfg, optimizer_state, common, start)
+        if initial is not None:
+            end = validation_log_probs(flow, data[2], fit_cfg)
+            w_val = sample_weight[val_idx]
+            offset = common["val_log_det_offset"]
+            if not significant_gain(end, initial[0], w_val):
+                flow.load_state_dict(initial[1])
+                result.final_solver_gap = math.nan
+                if params["training"] == "flow_matching":  # validation scores are -losses there
+                    score = -flow_matching_validation_loss(flow, data[2], data[3], fit_cfg)
+                else:
+                    score = float(np.average(initial[0], weights=w_val)) + offset
+                result.best_validation_score = score
+            elif result.best_validation_score is None and end is not None:
+                result.best_validation_score = float(np.average(end, weights=w_val)) + offset
 
     # the fitted model with its fixed map and base back in place
     # the blocks stay in float32, the precision they were trained and are scored in (a

@@ -1,8 +1,10 @@
 """Running a fitted flow over many rows: scores, samples and paths, in chunks so that
-memory stays bounded, with rows outside the declared bounds handled apart."""
+memory stays bounded, with rows outside the declared bounds handled apart and rows the
+solver cannot integrate found and set aside."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -10,14 +12,16 @@ import numpy as np
 import torch
 
 from ._bounds import outside_support
+from ._discrete import snap_to_grid
 from ._flow import EvalConfig, FFJORDFlow
-from ._preprocessing import snap_to_grid
-from ._utils import float64_tensor
+from ._ode import SolverError, SolverWarning
 
-__all__ = ["FittedFlow", "chunk_rows", "in_chunks"]
+__all__ = ["FittedFlow", "chunk_rows", "describe_rows", "solve_rows"]
 
 #: Work space of one chunk of rows, in bytes.
 CHUNK_BYTES = 256 * 2**20
+#: Most row indices a message lists.
+LISTED_ROWS = 10
 
 
 def chunk_rows(n_features: int, hidden: tuple[int, ...]) -> int:
@@ -30,21 +34,80 @@ def chunk_rows(n_features: int, hidden: tuple[int, ...]) -> int:
     return int(max(64, min(8192, CHUNK_BYTES // max(row_bytes, 1))))
 
 
-def in_chunks(
+def describe_rows(indices: np.ndarray) -> str:
+    """``'row 3'``, ``'rows 0, 4 and 7'`` or the first :data:`LISTED_ROWS` of many rows and
+    their count."""
+    listed = [str(int(i)) for i in indices[:LISTED_ROWS]]
+    if len(indices) == 1:
+        return f"row {listed[0]}"
+    if len(indices) > LISTED_ROWS:
+        return f"rows {', '.join(listed)}, ... ({len(indices)} rows)"
+    return f"rows {', '.join(listed[:-1])} and {listed[-1]}"
+
+
+def _hinted_rows(err: SolverError, n_rows: int) -> np.ndarray | None:
+    """The failed rows that ``err`` names, when it names some and all are in the batch."""
+    rows = getattr(err, "rows", None)
+    if not rows:
+        return None
+    rows = np.unique(np.asarray(rows, dtype=np.int64))
+    if rows[0] < 0 or rows[-1] >= n_rows:
+        return None
+    return rows
+
+
+def solve_rows(
     method: Callable[[torch.Tensor, EvalConfig], torch.Tensor],
     A: np.ndarray,
     config: EvalConfig,
     chunk: int,
     device: torch.device,
-) -> np.ndarray:
-    """``method`` (a flow method taking float64 rows and a solve) over the rows of ``A``,
-    ``chunk`` rows at a time, on ``device``."""
+    shape: tuple[int, ...],
+) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """``method`` (a flow method taking float64 rows and a solve, returning one result of
+    shape ``shape`` per row) over the rows of ``A``, ``chunk`` rows at a time, on
+    ``device``, with the rows it cannot solve set aside.
+
+    A chunk is solved in one call. Where that raises :class:`SolverError`, the rows that
+    failed (those the error names, else found by bisection) are set aside and the others
+    solved again, so every other row's result is the one it gets among rows that solve.
+
+    Returns
+    -------
+    values : ndarray of shape (n_rows, *shape)
+        NaN on the rows that failed.
+    failed : ndarray of shape (n_rows,), dtype bool
+    reason : str or None
+        The first failure's message.
+    """
     A = np.asarray(A, dtype=np.float64)
-    parts = []
-    for start in range(0, A.shape[0], chunk):
-        rows = torch.tensor(A[start : start + chunk], dtype=torch.float64, device=device)
-        parts.append(method(rows, config).cpu().numpy())
-    return np.concatenate(parts) if parts else np.empty((0, *A.shape[1:-1]))
+    values = np.full((A.shape[0], *shape), np.nan)
+    failed = np.zeros(A.shape[0], dtype=bool)
+    reason = None
+    pending = [np.arange(start, min(start + chunk, len(A))) for start in range(0, len(A), chunk)]
+    pending.reverse()
+    while pending:
+        rows = pending.pop()
+        block = A[rows[0] : rows[-1] + 1] if rows[-1] - rows[0] + 1 == len(rows) else A[rows]
+        try:
+            out = method(torch.tensor(block, dtype=torch.float64, device=device), config)
+        except SolverError as err:
+            reason = reason or str(err)
+            hinted = _hinted_rows(err, len(rows))
+            if hinted is not None:
+                failed[rows[hinted]] = True
+                rest = np.delete(rows, hinted)
+                parts = [rest] if rest.size else []
+            elif len(rows) == 1:
+                failed[rows] = True
+                parts = []
+            else:
+                half = len(rows) // 2
+                parts = [rows[half:], rows[:half]]
+            pending.extend(parts)
+            continue
+        values[rows] = out.cpu().numpy()
+    return values, failed, reason
 
 
 @dataclass(frozen=True)
@@ -82,25 +145,51 @@ class FittedFlow:
     def device(self) -> torch.device:
         return next(iter(self.flow.buffers())).device
 
-    def _chunked(self, method: Callable, A: np.ndarray) -> np.ndarray:
+    def _solved(
+        self, method: Callable, A: np.ndarray, shape: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray, str | None]:
         rows = chunk_rows(self.flow.n_features, self.hidden)
-        return in_chunks(method, A, self.config, rows, self.device)
+        return solve_rows(method, A, self.config, rows, self.device, shape)
+
+    def _all_solved(self, method: Callable, A: np.ndarray, what: str) -> np.ndarray:
+        """``method`` over the rows of ``A``; :class:`SolverError` naming the rows (of
+        ``what``) whose solve fails or whose result is not finite."""
+        values, failed, reason = self._solved(method, A, (self.flow.n_features,))
+        failed |= ~np.isfinite(values).all(axis=1)
+        if failed.any():
+            raise SolverError(
+                f"the ODE solver failed on {describe_rows(np.flatnonzero(failed))} of {what}: "
+                f"{reason or 'the result is not finite (NaN or inf)'}"
+            )
+        return values
 
     def to_data(self, z: np.ndarray) -> np.ndarray:
         """Base-space rows mapped to the user's units."""
-        return self._chunked(self.flow.to_data, z)
+        return self._all_solved(self.flow.to_data, z, "the base draws")
 
     def to_latent(self, X: np.ndarray) -> np.ndarray:
         """Rows in the user's units mapped to the base space."""
-        return self._chunked(self.flow.to_latent, X)
+        return self._all_solved(self.flow.to_latent, X, "X")
 
     def log_density(self, X: np.ndarray) -> np.ndarray:
-        """``log p(x)`` per row; ``-inf`` outside the support."""
+        """``log p(x)`` per row; ``-inf`` outside the support, and ``-inf`` with a
+        :class:`SolverWarning` naming them for rows whose solve fails or whose score is
+        NaN or ``+inf``."""
         outside = outside_support(X, self.support)
         if outside.any():
             X = np.where(outside[:, None], self.origin, X)  # a row inside, scored apart
-        scores = self._chunked(self.flow.log_prob, X)
-        scores[outside] = -np.inf
+        scores, failed, reason = self._solved(self.flow.log_prob, X, ())
+        failed |= np.isnan(scores) | np.isposinf(scores)
+        failed &= ~outside
+        scores[outside | failed] = -np.inf
+        if failed.any():
+            warnings.warn(
+                f"The ODE solver could not score {describe_rows(np.flatnonzero(failed))} of "
+                f"X ({reason or 'the log-density is not finite'}); they score -inf. Check "
+                "them for extreme values, or loosen eval_solver (atol, rtol, max_num_steps).",
+                SolverWarning,
+                stacklevel=3,
+            )
         return scores
 
     def sample(self, n: int, rng: np.random.RandomState) -> np.ndarray:
@@ -118,6 +207,17 @@ class FittedFlow:
         """The states of each row at ``n_times`` times per block, in the user's units."""
         if outside_support(X, self.support).any():
             raise ValueError("X has rows outside the bounds the model was fitted with.")
-        with torch.no_grad():
-            path = self.flow.path(float64_tensor(X, self.device), n_times, self.config)
-        return path.cpu().numpy()
+        n_states = 1 + len(self.flow.blocks) * (n_times - 1)
+
+        def rows_first(rows: torch.Tensor, config: EvalConfig) -> torch.Tensor:
+            with torch.no_grad():
+                return self.flow.path(rows, n_times, config).transpose(0, 1)
+
+        values, failed, reason = self._solved(rows_first, X, (n_states, self.flow.n_features))
+        failed |= ~np.isfinite(values).all(axis=(1, 2))
+        if failed.any():
+            raise SolverError(
+                f"the ODE solver failed on {describe_rows(np.flatnonzero(failed))} of X: "
+                f"{reason or 'the path is not finite (NaN or inf)'}"
+            )
+        return values.transpose(1, 0, 2)

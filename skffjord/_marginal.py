@@ -5,12 +5,16 @@ piecewise-linear map through the points ``(q_jk, u_k)``: ``u_k`` evenly spaced i
 ``[-u_max, u_max]`` and ``q_jk`` the training quantile of feature ``j`` at probability
 ``Phi(u_k)`` (``Phi``: the standard normal CDF), blended with a share ``mix`` of the
 Gaussian quantile ``median_j + s_j u_k`` (``s_j``: the interquartile range over 1.349, the
-standard deviation where that is zero, else 1) so that the knots are strictly increasing
-even for tied or constant columns. Beyond the outer knots the map continues with the same slope and
-grows like a square root, ``u = sign(u_K) sqrt(u_K^2 + 2 u_K s_K (x - q_K))``, so the model's
-tails are exponential in ``x``: an outlier costs nats in proportion to its distance, not to
-its square, as it would through an affine standardisation and a Lipschitz flow (Jaini et al.,
-"Tails of Lipschitz triangular flows", ICML 2020).
+standard deviation where that is zero, else the column's magnitude) so that the knots are
+strictly increasing even for tied or constant columns. The knots are placed in standard
+units, ``(x_j - median_j) / std_j`` formed without overflow or loss of the spread
+(:func:`~skffjord._preprocessing.location_scale`), and mapped back, so the map is the same
+at any magnitude and for a spread far below the values' magnitude (``5 + 1e-13 * noise``).
+Beyond the outer knots the map continues with the same slope and grows like a square root,
+``u = sign(u_K) sqrt(u_K^2 + 2 u_K s_K (x - q_K))``, so the model's tails are exponential in
+``x``: an outlier costs nats in proportion to its distance, not to its square, as it would
+through an affine standardisation and a Lipschitz flow (Jaini et al., "Tails of Lipschitz
+triangular flows", ICML 2020).
 
 The map is fitted once from the training rows (like the standardisation), not trained; its
 log-Jacobian ``sum_j log g_j'(x_j)`` is added to every log-density, so scores stay exact
@@ -26,6 +30,8 @@ import numpy as np
 import torch
 from scipy.special import ndtr, ndtri
 from torch import Tensor, nn
+
+from ._preprocessing import location_scale
 
 __all__ = ["QuantileGaussianizer", "quantile_knots"]
 
@@ -96,20 +102,28 @@ def quantile_knots(
     u_max = float(-ndtri(min(tail_rows, n_eff / 4) / n_eff))
     grid = np.linspace(-u_max, u_max, n_intervals + 1)
     probs = np.concatenate([ndtr(grid), [0.25, 0.5, 0.75]])
-    q = np.stack([_weighted_quantiles(X[:, j], w, probs) for j in range(X.shape[1])])
+    # the knots are placed in standard units (z = (x - loc) / scale, exact at any magnitude
+    # and for a tiny spread about a large value), then mapped back to the user's units
+    loc, scale = location_scale(X, w)
+    Z = (X - loc) / scale
+    q = np.stack([_weighted_quantiles(Z[:, j], w, probs) for j in range(X.shape[1])])
     empirical, (q1, median, q3) = q[:, :-3], q[:, -3:].T
     spread = (q3 - q1) / 1.349  # the standard deviation for Gaussian data
-    with np.errstate(over="ignore", invalid="ignore"):  # |x| near 1e300: overflow -> 1
-        mean = w @ X / w.sum()
-        std = np.sqrt(np.maximum(w @ (X - mean) ** 2 / w.sum(), 0.0))
-    std[~np.isfinite(std)] = 0.0
-    for fallback in (std, np.ones_like(std)):
-        small = ~(spread > 1e-12 * np.maximum(1.0, np.abs(median)))
-        spread[small] = fallback[small]
-    # knots 1e-10 |median| apart at least: far above float64 rounding at any magnitude
-    spread = np.maximum(spread, 1e-8 * np.abs(median))
+    # where the quartiles tie: the standard deviation (1 in these units), or 1 for a column
+    # without spread
+    spread[~(spread > 1e-12)] = 1.0
     gaussian = median[:, None] + spread[:, None] * grid[None, :]
-    return grid, (1 - mix) * empirical + mix * gaussian
+    knots = loc[:, None] + scale[:, None] * ((1 - mix) * empirical + mix * gaussian)
+    return grid, _strictly_increasing(knots)
+
+
+def _strictly_increasing(knots: np.ndarray) -> np.ndarray:
+    """``knots`` with each one raised, where rounding to the user's units left it no higher
+    than its predecessor, to the next float above it."""
+    knots = knots.copy()
+    for k in range(1, knots.shape[1]):
+        knots[:, k] = np.maximum(knots[:, k], np.nextafter(knots[:, k - 1], np.inf))
+    return knots
 
 
 class QuantileGaussianizer(nn.Module):

@@ -1,5 +1,5 @@
-"""Fixed bijections in front of the flow: discrete-column detection, dequantisation, and the
-Gaussian starting model (a smooth per-feature map followed by full-covariance whitening).
+"""The fixed bijection in front of the flow that defines the Gaussian starting model: a
+smooth per-feature map followed by full-covariance whitening.
 
 The flow's field starts at zero, so an untrained flow is the identity and the model is the
 Gaussian that this map defines: a full-covariance Gaussian in the user's units
@@ -18,22 +18,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._bounds import ChainedMap
+
 __all__ = [
     "GaussianizingMap",
     "choose_map",
-    "dequantize",
-    "find_discrete_features",
     "fit_gaussianizing_map",
     "gaussian_log_likelihood",
     "kfold",
-    "snap_to_grid",
+    "location_scale",
+    "standardizing_map",
 ]
 
-#: Tolerance, in cells, within which every value of a column must sit on its grid.
-GRID_TOLERANCE = 1e-3
-#: Most cells a column's range may span to count as discrete (beyond this the resolution is
-#: far below any useful density detail and the grid test is at the mercy of rounding).
-MAX_CELLS = 10**7
 #: Bounds of the sinh-arcsinh tail parameter ``delta`` (1: Gaussian tails; below 1: heavier).
 LOG_DELTA_BOUND = 1.2
 #: Folds and most rows of the cross-validation by which :func:`choose_map` picks a map.
@@ -42,70 +38,6 @@ MAP_CV_ROWS = 20_000
 #: Ridge added to the whitened covariance's diagonal (its scale is 1 there), so that exactly
 #: collinear columns still give an invertible map.
 COVARIANCE_RIDGE = 1e-6
-
-
-def find_discrete_features(X: np.ndarray, sample_weight: np.ndarray | None = None) -> np.ndarray:
-    """The recording resolution of each column that lies on a grid, 0 for the others.
-
-    A column counts as discrete when a value repeats among the rows of positive weight and
-    every value lies (within :data:`GRID_TOLERANCE` of a cell) on the grid ``x_min + k r``,
-    where ``r`` is the smallest gap between distinct values: integer counts, prices in cents,
-    measurements recorded to a fixed number of decimals, binary columns.
-
-    Parameters
-    ----------
-    X : array-like of shape (n_samples, n_features)
-    sample_weight : array-like of shape (n_samples,), default=None
-        Rows of weight 0 are ignored.
-
-    Returns
-    -------
-    ndarray of shape (n_features,)
-        The grid step ``r`` of each discrete column, 0 for continuous columns.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skffjord import find_discrete_features
-    >>> X = np.column_stack([[0, 1, 1, 3], [0.5, 1.5, 1.5, 2.0], [0.1, 0.25, 0.3, 0.7]])
-    >>> find_discrete_features(X)
-    array([1. , 0.5, 0. ])
-    """
-    X = np.asarray(X, dtype=np.float64)
-    if sample_weight is not None:
-        X = X[np.asarray(sample_weight) > 0]
-    resolution = np.zeros(X.shape[1])
-    for j in range(X.shape[1]):
-        values = np.unique(X[:, j])
-        if len(values) < 2 or len(values) == X.shape[0] or not np.all(np.isfinite(values)):
-            continue
-        span = values[-1] - values[0]
-        step = float(np.min(np.diff(values)))
-        if not step > 0 or span / step > MAX_CELLS:
-            continue
-        step = span / round(span / step)  # the step that fits the whole range best
-        cells = (values - values[0]) / step
-        if np.max(np.abs(cells - np.round(cells))) <= GRID_TOLERANCE:
-            resolution[j] = step
-    return resolution
-
-
-def dequantize(X: np.ndarray, resolution: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``X`` with each discrete column spread uniformly over its cell, ``x + r (U - 1/2)``."""
-    if not np.any(resolution > 0):
-        return X
-    return X + (rng.random(X.shape) - 0.5) * resolution
-
-
-def snap_to_grid(X: np.ndarray, resolution: np.ndarray, origin: np.ndarray) -> np.ndarray:
-    """Each discrete column rounded to its grid ``origin + k r`` (continuous ones unchanged)."""
-    discrete = resolution > 0
-    if not np.any(discrete):
-        return X
-    X = np.array(X, dtype=np.float64, copy=True)
-    r, o = resolution[discrete], origin[discrete]
-    X[:, discrete] = o + r * np.round((X[:, discrete] - o) / r)
-    return X
 
 
 class GaussianizingMap(nn.Module):
@@ -193,22 +125,62 @@ def _log_cosh(v: Tensor) -> Tensor:
     return a + torch.log1p(torch.exp(-2 * a)) - math.log(2.0)
 
 
-def _weighted_moments(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    w = w / w.sum()
-    mean = w @ X
-    std = np.sqrt(np.maximum(w @ (X - mean) ** 2, 0.0))
-    std[~(std > 1e-12 * np.maximum(1.0, np.abs(mean)))] = 1.0
-    return mean, std
+def _weighted_median(column: np.ndarray, w: np.ndarray) -> float:
+    """The lower weighted median of ``column``: a value of the column itself."""
+    order = np.argsort(column, kind="stable")
+    cumulative = np.cumsum(w[order])
+    return float(column[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
 
 
-def _fit_sinh_arcsinh(
-    X: np.ndarray, w: np.ndarray, loc: np.ndarray, scale: np.ndarray
-) -> tuple[np.ndarray, ...]:
-    """Maximum-likelihood ``(a, b, eps, delta)`` of every column (columns independent)."""
-    x = torch.as_tensor((X - loc) / scale, dtype=torch.float64)
+def location_scale(X: np.ndarray, sample_weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature's weighted median and weighted standard deviation, at any magnitude.
+
+    The median is a value of the column, so ``x - median`` is exact wherever ``x`` lies
+    within a factor 2 of it (Sterbenz's lemma): a feature ``5 + 1e-13 * noise`` keeps all
+    its spread. The deviations are formed after dividing each feature by a power of two
+    that brings its largest magnitude below 1 (exact), so no square overflows at ``1e160``
+    nor underflows at ``1e-160``; the results scale exactly with the data under a power of
+    two. A feature without spread among the rows of positive weight gets the scale of its
+    magnitude (1 at 0).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+        Finite values.
+    sample_weight : ndarray of shape (n_samples,)
+        Non-negative, positive sum; rows of weight 0 have no say.
+
+    Returns
+    -------
+    loc, scale : ndarray of shape (n_features,)
+        ``scale`` is positive and finite.
+    """
+    w = np.asarray(sample_weight, dtype=np.float64)
+    keep = w > 0
+    X, w = np.asarray(X, dtype=np.float64)[keep], w[keep]
+    p = w / w.sum()
+    loc = np.array([_weighted_median(X[:, j], w) for j in range(X.shape[1])])
+    exponent = np.frexp(np.abs(X).max(axis=0, initial=0.0))[1]
+    deviation = np.ldexp(X, -exponent) - np.ldexp(loc, -exponent)  # |deviation| < 2
+    shift = p @ deviation
+    centred = deviation - shift
+    spread = np.sqrt(p @ (centred * centred))
+    with np.errstate(over="ignore"):
+        scale = np.minimum(np.ldexp(spread, exponent), np.finfo(np.float64).max)
+    flat = ~(scale > 0)
+    scale[flat] = np.ldexp(1.0, np.frexp(np.abs(loc[flat]))[1])
+    return loc, scale
+
+
+def _fit_sinh_arcsinh(Z: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Maximum-likelihood ``(a, b, eps, delta)`` of every column of ``Z`` (columns
+    independent; in standard units, where the search starts from the affine map)."""
+    x = torch.as_tensor(Z, dtype=torch.float64)
     weight = torch.as_tensor(w / w.sum(), dtype=torch.float64)
-    d = X.shape[1]
-    params = torch.zeros(4, d, dtype=torch.float64, requires_grad=True)
+    d = Z.shape[1]
+    initial = torch.zeros(4, d, dtype=torch.float64)
+    initial[0] = weight @ x  # the affine map onto mean 0 and standard deviation 1
+    params = initial.clone().requires_grad_(True)
 
     def unpack(p: Tensor) -> tuple[Tensor, ...]:
         a, log_b, eps, r = p
@@ -239,34 +211,33 @@ def _fit_sinh_arcsinh(
     with torch.no_grad():
         end = float(nll())
         if not (math.isfinite(end) and end <= start):
-            params.zero_()  # no improvement over the affine map: keep it
-        a, b, eps, delta = (t.numpy().copy() for t in unpack(params.detach()))
-    return loc + scale * a, scale * b, eps, delta
+            params.copy_(initial)  # no improvement over the affine map: keep it
+        return tuple(t.numpy().copy() for t in unpack(params.detach()))
 
 
-def fit_gaussianizing_map(
-    X: np.ndarray, sample_weight: np.ndarray, *, marginal: bool
-) -> GaussianizingMap:
-    """The map whose Gaussian fits the weighted rows ``X`` by maximum likelihood.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n_samples, n_features)
-    sample_weight : ndarray of shape (n_samples,)
-        Non-negative, positive sum; only their ratios count.
-    marginal : bool
-        Fit each feature's sinh-arcsinh skewness and tail weight (``True``) or keep the
-        affine map (``False``: the model is the full-covariance Gaussian).
-    """
-    w = np.asarray(sample_weight, dtype=np.float64)
-    loc, scale = _weighted_moments(X, w)
-    d = X.shape[1]
-    if marginal:
-        a, b, eps, delta = _fit_sinh_arcsinh(X, w, loc, scale)
-    else:
-        a, b, eps, delta = loc, scale, np.zeros(d), np.ones(d)
+def standardizing_map(loc: np.ndarray, scale: np.ndarray) -> GaussianizingMap:
+    """The map ``(x - loc) / scale`` of each feature (no whitening), as a
+    :class:`GaussianizingMap`."""
+    d = len(loc)
     as_t = lambda v: torch.as_tensor(np.asarray(v, dtype=np.float64))  # noqa: E731
-    identity = GaussianizingMap(
+    return GaussianizingMap(
+        as_t(loc),
+        as_t(scale),
+        torch.zeros(d, dtype=torch.float64),
+        torch.ones(d, dtype=torch.float64),
+        torch.zeros(d, dtype=torch.float64),
+        torch.eye(d, dtype=torch.float64),
+    )
+
+
+def _whitened(
+    X: np.ndarray, w: np.ndarray, a: np.ndarray, b: np.ndarray, eps: np.ndarray, delta: np.ndarray
+) -> GaussianizingMap:
+    """The per-feature map ``(a, b, eps, delta)`` followed by the whitening of its output on
+    the weighted rows ``X``."""
+    d = X.shape[1]
+    as_t = lambda v: torch.as_tensor(np.asarray(v, dtype=np.float64))  # noqa: E731
+    unwhitened = GaussianizingMap(
         as_t(a),
         as_t(b),
         as_t(eps),
@@ -275,7 +246,7 @@ def fit_gaussianizing_map(
         torch.eye(d, dtype=torch.float64),
     )
     with torch.no_grad():
-        y = identity.marginal(as_t(X))[0].numpy()
+        y = unwhitened.marginal(as_t(X))[0].numpy()
     p = w / w.sum()
     mean = p @ y
     centred = y - mean
@@ -286,8 +257,45 @@ def fit_gaussianizing_map(
     return GaussianizingMap(as_t(a), as_t(b), as_t(eps), as_t(delta), as_t(mean), as_t(chol))
 
 
+def fit_gaussianizing_map(
+    X: np.ndarray, sample_weight: np.ndarray, *, marginal: bool
+) -> GaussianizingMap | ChainedMap:
+    """The map whose Gaussian fits the weighted rows ``X`` by maximum likelihood.
+
+    Each feature is first brought to standard units, ``(x - median) / std``
+    (:func:`location_scale`: exact at any magnitude and for a spread far below the values'
+    magnitude), where the whitening, and the sinh-arcsinh fit, take place.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    sample_weight : ndarray of shape (n_samples,)
+        Non-negative, positive sum; only their ratios count.
+    marginal : bool
+        Fit each feature's sinh-arcsinh skewness and tail weight (``True``) or keep the
+        affine map (``False``: the model is the full-covariance Gaussian).
+
+    Returns
+    -------
+    GaussianizingMap or ChainedMap
+        The affine map (``marginal=False``) with ``a`` the median and ``b`` the standard
+        deviation; with ``marginal=True``, :func:`standardizing_map` followed by the
+        sinh-arcsinh map fitted in standard units (its location and scale are kept in those
+        units, where float64 holds them to full precision).
+    """
+    w = np.asarray(sample_weight, dtype=np.float64)
+    X, w = X[w > 0], w[w > 0]  # rows of weight 0 have no say, whatever their values
+    loc, scale = location_scale(X, w)
+    d = X.shape[1]
+    if not marginal:
+        return _whitened(X, w, loc, scale, np.zeros(d), np.ones(d))
+    Z = (X - loc) / scale
+    inner = _whitened(Z, w, *_fit_sinh_arcsinh(Z, w))
+    return ChainedMap(standardizing_map(loc, scale), inner)
+
+
 def gaussian_log_likelihood(
-    gaussianizer: GaussianizingMap, X: np.ndarray, sample_weight: np.ndarray
+    gaussianizer: nn.Module, X: np.ndarray, sample_weight: np.ndarray
 ) -> float:
     """Weighted mean log-likelihood of rows ``X`` (user's units) under the map's Gaussian."""
     with torch.no_grad():

@@ -30,7 +30,8 @@ from ._defaults import (
 )
 from ._dynamics import auto_hidden_layer_sizes
 from ._flow import EvalConfig, TrainConfig
-from ._ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, ROWWISE_TABLEAUS
+from ._ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS
+from ._rowwise_ode import ROWWISE_TABLEAUS
 from ._training import FitConfig
 from ._utils import resolve_train_dtype
 

@@ -18,17 +18,24 @@ from torch import nn
 from ._base_distribution import fit_mixture_base
 from ._bounds import BoundsMap, ChainedMap
 from ._defaults import INTEGRATION_TIME, MIXTURE_CV_FOLDS, MIXTURE_SPLIT_ROWS
+from ._discrete import constant_features, dequantize, find_discrete_features
 from ._flow import FFJORDFlow
 from ._marginal import QuantileGaussianizer, quantile_knots
 from ._preprocessing import (
     choose_map,
-    dequantize,
-    find_discrete_features,
     fit_gaussianizing_map,
     kfold,
+    location_scale,
+    standardizing_map,
 )
 
-__all__ = ["StartModel", "discrete_resolution", "start_model", "validation_split"]
+__all__ = [
+    "StartModel",
+    "check_training_rows",
+    "discrete_resolution",
+    "start_model",
+    "validation_split",
+]
 
 
 def discrete_resolution(option: object, X: np.ndarray, sample_weight: np.ndarray) -> np.ndarray:
@@ -48,6 +55,37 @@ def discrete_resolution(option: object, X: np.ndarray, sample_weight: np.ndarray
     if np.any(resolution < 0):
         raise ValueError("discrete_features must hold non-negative cell widths.")
     return resolution
+
+
+def check_training_rows(
+    X: np.ndarray,
+    sample_weight: np.ndarray,
+    resolution: np.ndarray,
+    feature_names: np.ndarray | None,
+    estimator: str,
+) -> None:
+    """Raise ``ValueError`` unless the rows of positive weight can define a density: at
+    least two of them, and no continuous feature (``resolution`` 0) that holds one value in
+    all of them (its density would be infinite), named by ``feature_names`` where given."""
+    n_rows = int(np.count_nonzero(sample_weight > 0))
+    if n_rows < 2:
+        raise ValueError(
+            f"{estimator} needs at least 2 rows with positive weight; got {n_rows} "
+            f"(n_samples={len(sample_weight)})."
+        )
+    flat = constant_features(X, sample_weight, resolution)
+    if flat.size == 0:
+        return
+    names = [str(feature_names[j]) if feature_names is not None else int(j) for j in flat]
+    shown = names if len(names) <= 10 else [*names[:10], f"... ({len(names)} features)"]
+    identical = " (all the rows are identical)" if flat.size == X.shape[1] else ""
+    raise ValueError(
+        f"Continuous feature(s) {shown} of X hold a single value in every row of positive "
+        f"weight{identical}, so they have no density. Drop them (e.g. with "
+        "sklearn.feature_selection.VarianceThreshold), or, if they are recorded to a "
+        "resolution, declare their cell width in discrete_features so that each is spread "
+        "over its cell."
+    )
 
 
 def validation_split(
@@ -90,9 +128,12 @@ class StartModel:
 def _fixed_map(kind: str, X: np.ndarray, w: np.ndarray) -> nn.Module | None:
     if kind in ("affine", "sinh_arcsinh"):
         return fit_gaussianizing_map(X, w, marginal=kind == "sinh_arcsinh")
-    if kind == "quantile":
-        grid, knots = quantile_knots(X, w)
-        return QuantileGaussianizer(torch.as_tensor(grid), torch.as_tensor(knots))
+    if kind == "quantile":  # knots in standard units, where float64 holds them exactly
+        X, w = X[w > 0], w[w > 0]
+        loc, scale = location_scale(X, w)
+        grid, knots = quantile_knots((X - loc) / scale, w)
+        quantile = QuantileGaussianizer(torch.as_tensor(grid), torch.as_tensor(knots))
+        return ChainedMap(standardizing_map(loc, scale), quantile)
     return None  # 'none'
 
 

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +37,7 @@ from ._optimizer_steps import (
     make_optimizer,
     run_epoch,
 )
+from ._progress import PHASE_NAMES, ProgressDisplay
 from ._validation_scores import (
     flow_matching_validation_loss,
     guarded_validation,
@@ -209,26 +209,6 @@ def _finish(result: TrainingResult, callbacks: _Callbacks, validated: bool) -> N
             result.final_solver_gap = callbacks.gap_guard.last_gap
 
 
-def _progress_bar(config: FitConfig) -> Any:
-    """A tqdm bar of the epochs with ``verbose``, else ``None``."""
-    if not config.verbose:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=config.max_iter, desc="FFJORD fit", unit="epoch")
-
-
-def _show(progress: Any, record: dict) -> None:
-    """Advance the progress bar (if any) by the epoch of ``record``."""
-    if progress is not None:
-        progress.update(1)
-        progress.set_postfix(
-            loss=f"{record['train_loss']:.4f}",
-            valid=f"{record['valid_score']:.4f}",
-            nfe=f"{record['nfe']:.0f}",
-        )
-
-
 def train_flow(
     flow: FFJORDFlow,
     u_train: Tensor,
@@ -244,6 +224,7 @@ def train_flow(
     optimizer_state: dict | None = None,
     redraw: Callable[[], Tensor] | None = None,
     clock: Callable[[], float] | None = None,
+    progress: ProgressDisplay | None = None,
 ) -> TrainingResult:
     """Fit ``flow`` by maximum likelihood or flow matching with Adam, in place.
 
@@ -277,6 +258,10 @@ def train_flow(
         Returns the current time in seconds: ``config.max_time`` and the ``time`` of the
         history's records are measured with it. ``None``: :func:`time.perf_counter` (as
         found in the :mod:`time` module when the call starts).
+    progress : ProgressDisplay or None
+        The fit's progress display, which names this phase and counts its epochs; the
+        caller closes it. ``None``: a display of this call's own (a bar of
+        ``config.max_iter`` epochs with ``config.verbose``), closed at return.
 
     Returns
     -------
@@ -294,8 +279,11 @@ def train_flow(
         offset = log_det_offset if val_log_det_offset is None else val_log_det_offset
         validation = (u_val, w_val, offset)
     validated = validation is not None
-    progress = _progress_bar(config)
+    own_progress = progress is None
+    if progress is None:
+        progress = ProgressDisplay(config.verbose, config.max_iter)
     try:
+        progress.phase(PHASE_NAMES[config.training])
         epochs = range(config.max_iter)
         if validated and config.score_initial and config.training == "likelihood":
             callbacks.stopping.start_from(_validation(flow, validation, config, result))
@@ -319,7 +307,7 @@ def train_flow(
             result.best_loss = min(result.best_loss, record["train_loss"])
             record["time"] = callbacks.budget.elapsed()
             result.history.append(record)
-            _show(progress, record)
+            progress.epoch(record, config.training, validated)
             if time_up:
                 result.stop_reason = "max_time"
                 break
@@ -336,7 +324,7 @@ def train_flow(
         result.message = "training was interrupted by the user (KeyboardInterrupt)"
         callbacks.last_good.restore_if_not_finite()
     finally:
-        if progress is not None:
+        if own_progress:
             progress.close()
     _finish(result, callbacks, validated)
     result.optimizer_state = optimizer.state_dict()

@@ -13,6 +13,8 @@ __all__ = [
     "float64_tensor",
     "has_native_bfloat16",
     "make_generator",
+    "numeric_columns",
+    "reject_non_numeric_columns",
     "resolve_device",
     "resolve_train_dtype",
     "spawn_seeds",
@@ -140,19 +142,75 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
     return gen
 
 
-def reject_non_numeric_columns(X: Any) -> None:
-    """Name the columns of a DataFrame that are not numeric (before numpy conversion)."""
+def numeric_columns(X: Any, estimator: str = "FFJORDDensity") -> Any:
+    """``X`` with each DataFrame column of numbers held as objects or text converted to
+    float64, as scikit-learn converts them; other inputs are returned as they are.
+
+    A column of Python numbers (``df.astype(object)``) or of numeric strings (``"1.5"``)
+    takes the values of its float conversion, with missing entries (``None``, ``pd.NA``) as
+    NaN, which validation then rejects with scikit-learn's message. Numeric columns, the
+    pandas nullable ones included, and boolean columns pass unchanged.
+
+    Raises
+    ------
+    ValueError
+        Naming the columns of categories, dates or text that does not read as numbers.
+    """
     dtypes = getattr(X, "dtypes", None)
     if dtypes is None or not hasattr(dtypes, "items"):
-        return
-    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+        return X
+    import pandas as pd
+    from pandas.api.types import (
+        is_bool_dtype,
+        is_numeric_dtype,
+        is_object_dtype,
+        is_string_dtype,
+    )
 
-    bad = [str(c) for c, dt in dtypes.items() if not (is_numeric_dtype(dt) or is_bool_dtype(dt))]
+    bad, example, converted = [], None, {}
+    for j, (name, dtype) in enumerate(dtypes.items()):
+        if isinstance(dtype, pd.CategoricalDtype):
+            bad.append(str(name))
+        elif is_numeric_dtype(dtype) or is_bool_dtype(dtype):
+            continue
+        elif is_object_dtype(dtype) or is_string_dtype(dtype):
+            column = X.iloc[:, j]
+            try:
+                converted[j] = column.to_numpy(dtype=np.float64, na_value=np.nan)
+            except (TypeError, ValueError):
+                bad.append(str(name))
+                example = example or (name, _first_non_number(column))
+        else:
+            bad.append(str(name))
     if bad:
+        detail = "" if example is None else f" (column {example[0]!r} holds {example[1]!r})"
         raise ValueError(
-            f"FFJORDDensity needs numeric features, but column(s) {bad} are not numeric. "
-            "Encode categorical columns first (e.g. OneHotEncoder in a ColumnTransformer)."
+            f"{estimator} needs numeric features, but column(s) {bad} are not numeric"
+            f"{detail}. Encode categorical columns first (e.g. OneHotEncoder in a "
+            "ColumnTransformer)."
         )
+    if not converted:
+        return X
+    X = X.copy()
+    for j, values in converted.items():
+        X.isetitem(j, values)
+    return X
+
+
+def reject_non_numeric_columns(X: Any, estimator: str = "FFJORDDensity") -> None:
+    """Raise :func:`numeric_columns`'s error if a DataFrame column of ``X`` is not numeric
+    (a column of numbers held as objects or text is numeric)."""
+    numeric_columns(X, estimator)
+
+
+def _first_non_number(column: Any) -> Any:
+    """The first value of ``column`` that does not convert to a float."""
+    for value in column:
+        try:
+            np.float64(value)
+        except (TypeError, ValueError):
+            return value
+    return None
 
 
 def to_cpu(obj: Any) -> Any:

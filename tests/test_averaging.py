@@ -118,6 +118,37 @@ def test_fitted_weights_are_the_average_not_the_last_step(monkeypatch):
     )
 
 
+def test_a_flow_matching_fit_of_the_estimator_ends_on_its_average(monkeypatch):
+    """``FFJORDDensity`` averages the weights of flow matching with a decay of 0.999, and
+    a fit without validation ends on the average."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from skffjord import FFJORDDensity
+
+    made = []
+    init = WeightAverage.__init__
+
+    def recording(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(WeightAverage, "__init__", recording)
+    model = FFJORDDensity(
+        training="flow_matching", hidden_layer_sizes=(8,), standardize="affine",
+        n_components=1, discrete_features=None, early_stopping=False, max_iter=3,
+        batch_size=50, random_state=0,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(np.random.default_rng(0).normal(size=(200, 2)))
+    assert len(made) == 1 and made[0].decay == 0.999
+    fitted = [p.detach() for p in model.flow_.blocks.parameters()]
+    assert len(fitted) == len(made[0].average)
+    assert all(torch.equal(f, a) for f, a in zip(fitted, made[0].average, strict=True))
+
+
 def test_interrupted_fit_without_validation_keeps_the_average(monkeypatch):
     import skffjord._optimizer_steps as optimizer_steps
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from skffjord._flow import EvalConfig, FFJORDFlow, TrainConfig
-from skffjord._ode import integrate_rowwise
+from skffjord._rowwise_ode import integrate_rowwise
 
 
 class LinearField(nn.Module):

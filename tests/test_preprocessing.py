@@ -8,12 +8,8 @@ from sklearn.mixture import GaussianMixture
 
 from skffjord import find_discrete_features
 from skffjord._base_distribution import GaussianMixtureBase, fit_mixture_base
-from skffjord._preprocessing import (
-    dequantize,
-    fit_gaussianizing_map,
-    gaussian_log_likelihood,
-    snap_to_grid,
-)
+from skffjord._discrete import dequantize, snap_to_grid
+from skffjord._preprocessing import fit_gaussianizing_map, gaussian_log_likelihood
 
 
 @pytest.fixture
@@ -127,3 +123,16 @@ def test_fit_mixture_base_finds_clusters_and_keeps_one_gaussian_for_one():
     one = rng.normal(size=(600, 2))
     base, scores = fit_mixture_base(one, np.ones(600), folds, seed=0)
     assert base is None and 1 in scores
+
+
+def test_snapped_values_are_the_decimals_they_were_recorded_as():
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.uniform(0, 5, 200), rng.uniform(-2, 2, 200)])
+    resolution, origin = np.array([0.01, 1 / 3]), np.array([0.5, 0.0])
+    snapped = snap_to_grid(X, resolution, origin)
+    cents = np.round(snapped[:, 0] * 100)
+    np.testing.assert_array_equal(snapped[:, 0], cents / 100)  # 3.11, not 3.1099999999999994
+    np.testing.assert_allclose(snapped[:, 0], np.round(X[:, 0], 2), atol=0.0051)
+    thirds = snapped[:, 1] * 3
+    np.testing.assert_allclose(thirds, np.round(thirds), atol=1e-12)  # a grid without decimals
+    assert np.abs(snapped[:, 1] - X[:, 1]).max() <= 1 / 6 + 1e-12

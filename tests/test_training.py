@@ -1,6 +1,7 @@
 """The training loop: its optimizer, its steps (non-finite losses and gradients, mixed
-precision), its time budget on an injected clock, and the step-size schedule in a fit (the
-callbacks on their own: test_callbacks.py)."""
+precision), its time budget on an injected clock, the step-size schedule in a fit, and its
+validation scores, early stopping and solver gap (the callbacks on their own:
+test_callbacks.py)."""
 
 from __future__ import annotations
 
@@ -305,3 +306,115 @@ def test_a_stalled_fit_lowers_the_step_size_from_the_best_weights(monkeypatch, l
         torch.testing.assert_close(value, validated[1][name], rtol=0, atol=0)
     # training went on after the restore: later weights differ from the restored ones
     assert any(not torch.equal(validated[-1][k], v) for k, v in loaded[0].items())
+
+
+# -- validation, early stopping and the solver gap of a likelihood fit ----------------------
+
+
+def _likelihood_setup(rng, **fit_kwargs):
+    """A small float32 flow, 60 rows of 2 features, and the settings of a likelihood fit
+    (a one-step Euler training solve unless ``solver`` is given)."""
+    from skffjord._flow import FFJORDFlow, TrainConfig
+
+    X = torch.as_tensor(rng.normal(size=(60, 2)), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    flow = FFJORDFlow(
+        2, (32, 32), "tanh", 1, 1.0, torch.zeros(2), torch.ones(2), generator=gen
+    ).float()
+    settings = dict(
+        batch_size=20,
+        learning_rate_init=3e-2,
+        alpha=0.0,
+        max_iter=40,
+        max_time=None,
+        tol=0.0,
+        n_iter_no_change=5,
+        shuffle=True,
+        solver=TrainConfig(method="euler", options={"step_size": 1.0}),
+    )
+    settings.update(fit_kwargs)
+    return X, gen, flow, training.FitConfig(**settings)
+
+
+def test_early_stopping_restores_best_validation_weights():
+    from skffjord._flow import TrainConfig
+
+    solver = TrainConfig(method="rk4", options={"step_size": 0.25})
+    X, gen, flow, cfg = _likelihood_setup(np.random.default_rng(0), solver=solver)
+    w = torch.ones(60)  # (validated through `solver`: no validation_solver is given)
+    result = training.train_flow(
+        flow, X[:40], w[:40], X[40:], w[40:], cfg, rng=np.random.default_rng(0), generator=gen
+    )
+    scores = [h["valid_score"] for h in result.history]
+    assert result.stop_reason == "converged" and result.n_iter < 40  # overfits, then stops
+    assert result.best_validation_score == max(scores)
+    assert int(np.argmax(scores)) < len(scores) - 1  # the best epoch is not the last one
+    restored = training.validation_score(flow, X[40:], w[40:], solver, 1024)
+    assert restored == pytest.approx(result.best_validation_score, abs=1e-6)
+
+
+def test_validation_goes_through_the_evaluation_solver():
+    from skffjord._flow import EvalConfig
+
+    evaluation = EvalConfig(atol=1e-6, rtol=1e-6)
+    X, gen, flow, cfg = _likelihood_setup(np.random.default_rng(0), validation_solver=evaluation)
+    w = torch.ones(60)
+    result = training.train_flow(
+        flow, X[:40], w[:40], X[40:], w[40:], cfg, rng=np.random.default_rng(0), generator=gen
+    )
+    restored = training.validation_score(flow, X[40:], w[40:], evaluation, 1024)
+    assert restored == pytest.approx(result.best_validation_score, abs=1e-6)
+    # the one-step Euler training solver gives a different number for the same weights
+    coarse = training.validation_score(flow, X[40:], w[40:], cfg.solver, 1024)
+    assert abs(coarse - restored) > 1e-3
+
+
+def test_score_initial_keeps_the_starting_weights_when_training_only_hurts():
+    from skffjord._flow import EvalConfig
+
+    evaluation = EvalConfig(atol=1e-6, rtol=1e-6)
+    # an absurd learning rate: every epoch is worse than the starting weights
+    X, gen, flow, cfg = _likelihood_setup(
+        np.random.default_rng(0),
+        validation_solver=evaluation,
+        score_initial=True,
+        learning_rate_init=3.0,
+    )
+    start = {k: v.clone() for k, v in flow.state_dict().items()}
+    initial = training.validation_score(flow, X[40:], torch.ones(20), evaluation, 1024)
+    w = torch.ones(60)
+    result = training.train_flow(
+        flow, X[:40], w[:40], X[40:], w[40:], cfg, rng=np.random.default_rng(0), generator=gen
+    )
+    scores = [h["valid_score"] for h in result.history]
+    assert max(scores) < initial  # the premise: training made it worse
+    assert result.best_validation_score == pytest.approx(initial, abs=1e-6)
+    assert all(torch.equal(v, start[k]) for k, v in flow.state_dict().items())
+    assert result.n_iter == cfg.n_iter_no_change  # no epoch beat the starting weights
+
+
+def test_solver_gap_is_small_for_a_fine_solver_and_large_for_a_coarse_one():
+    import math
+
+    from skffjord._flow import EvalConfig, FFJORDFlow, TrainConfig
+
+    gen = torch.Generator().manual_seed(0)
+    flow = FFJORDFlow(
+        2, (32, 32), "tanh", 1, 1.0, torch.zeros(2), torch.ones(2), generator=gen
+    ).double()
+    with torch.no_grad():  # a strongly non-linear field (the output layer starts at zero)
+        for p in flow.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    u = torch.as_tensor(np.random.default_rng(0).normal(size=(300, 2)))
+
+    def gap(solver):
+        cfg = training.FitConfig(
+            batch_size=10, learning_rate_init=1e-3, alpha=0.0, max_iter=1, max_time=None,
+            tol=0.0, n_iter_no_change=1, shuffle=False, solver=solver,
+            validation_solver=EvalConfig(atol=1e-8, rtol=1e-8),
+        )  # fmt: skip
+        return training.solver_gap(flow, u, torch.ones(u.shape[0], dtype=u.dtype), cfg, n_rows=64)
+
+    fine = gap(TrainConfig(method="rk4", options={"step_size": 0.01}))
+    assert math.isfinite(fine) and abs(fine) < 1e-4
+    assert abs(gap(TrainConfig(method="euler", options={"step_size": 1.0}))) > 0.1
