@@ -104,10 +104,11 @@ def dequantize(X: np.ndarray, resolution: np.ndarray, rng: np.random.Generator) 
 def snap_to_grid(X: np.ndarray, resolution: np.ndarray, origin: np.ndarray) -> np.ndarray:
     """Each discrete column rounded to its grid ``origin + k r`` (continuous ones unchanged).
 
-    Where the grid has a short decimal form (a resolution and an origin of at most ``m + 2``
-    decimals, with ``10 ** -m`` the resolution's order of magnitude: values recorded to
-    ``m`` decimals), each value is the float nearest that decimal (``3.11``, not
-    ``3.1099999999999994``).
+    Where the grid has a short decimal form (a resolution and an origin within a millionth
+    of a cell of numbers of at most ``m + 2`` decimals, with ``10 ** -m`` the resolution's
+    order of magnitude: values recorded to ``m`` decimals, whose resolution was measured
+    as a difference of two of them), each value is the float nearest that decimal
+    (``3.11``, not ``3.1099999999999994``).
     """
     discrete = resolution > 0
     if not np.any(discrete):
@@ -117,8 +118,8 @@ def snap_to_grid(X: np.ndarray, resolution: np.ndarray, origin: np.ndarray) -> n
     snapped = o + r * np.round((X[:, discrete] - o) / r)
     for j, (step, start) in enumerate(zip(r, o, strict=True)):
         digits = int(np.ceil(-np.log10(step))) + 2
-        decimal = np.round(step, digits) == step and np.round(start, digits) == start
-        if 0 <= digits <= 15 and decimal:
+        near = np.abs(np.round([step, start], digits) - [step, start]) <= 1e-6 * step
+        if 0 <= digits <= 15 and near.all():
             snapped[:, j] = np.round(snapped[:, j], digits)
     X[:, discrete] = snapped
     return X

@@ -128,7 +128,8 @@ def test_fit_mixture_base_finds_clusters_and_keeps_one_gaussian_for_one():
 def test_snapped_values_are_the_decimals_they_were_recorded_as():
     rng = np.random.default_rng(0)
     X = np.column_stack([rng.uniform(0, 5, 200), rng.uniform(-2, 2, 200)])
-    resolution, origin = np.array([0.01, 1 / 3]), np.array([0.5, 0.0])
+    resolution = np.array([2.31 - 2.3, 1 / 3])  # a measured gap: 0.009999999999999787
+    origin = np.array([0.5, 0.0])
     snapped = snap_to_grid(X, resolution, origin)
     cents = np.round(snapped[:, 0] * 100)
     np.testing.assert_array_equal(snapped[:, 0], cents / 100)  # 3.11, not 3.1099999999999994
