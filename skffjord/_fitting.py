@@ -21,6 +21,7 @@ from torch import nn
 
 from ._defaults import LIKELIHOOD_SHARE, SOLVER_GAP_WARNING
 from ._discrete import dequantize
+from ._distributed import Ranks
 from ._flow import FFJORDFlow, TrainConfig
 from ._ode import FIXED_GRID_METHODS
 from ._progress import ProgressDisplay
@@ -167,11 +168,13 @@ def _train_hybrid(
     start: float,
 ) -> TrainingResult:
     """Flow matching, then maximum likelihood for :data:`LIKELIHOOD_SHARE` of the budget
-    (``start``: when the fit began; ``common`` holds the fit's progress display)."""
+    (``start``: when the fit began; ``common`` holds the fit's progress display, and its
+    clock across processes)."""
     n_matching, n_likelihood = _hybrid_epochs(fit_cfg.max_iter)
+    clock = common.get("clock") or time.perf_counter
     matching_time = None
     if fit_cfg.max_time is not None:
-        matching_time = (1 - LIKELIHOOD_SHARE) * fit_cfg.max_time - (time.perf_counter() - start)
+        matching_time = (1 - LIKELIHOOD_SHARE) * fit_cfg.max_time - (clock() - start)
     first = TrainingResult(optimizer_state=optimizer_state)
     if matching_time is None or matching_time > 0:
         phase = replace(
@@ -186,7 +189,7 @@ def _train_hybrid(
     common["progress"].skip(n_matching - first.n_iter)
     remaining = None
     if fit_cfg.max_time is not None:
-        remaining = max(fit_cfg.max_time - (time.perf_counter() - start), 1e-3)
+        remaining = max(fit_cfg.max_time - (clock() - start), 1e-3)
     phase = replace(fit_cfg, training="likelihood", max_iter=n_likelihood, max_time=remaining)
     phase = replace(phase, score_initial=True)
     second = train_flow(flow, *data, phase, optimizer_state=first.optimizer_state, **common)
@@ -206,6 +209,8 @@ class FitOutcome:
 
     model: StartModel
     result: TrainingResult
+    #: Number of processes that trained the model together.
+    world_size: int = 1
 
 
 def fit_flow(
@@ -220,9 +225,16 @@ def fit_flow(
     previous: StartModel | None = None,
     optimizer_state: dict | None = None,
 ) -> FitOutcome:
-    """Fit on validated rows; ``previous`` (a warm refit) starts from that model."""
+    """Fit on validated rows; ``previous`` (a warm refit) starts from that model.
+
+    Under an initialised ``torch.distributed`` process group the fit is data-parallel (see
+    :mod:`skffjord._distributed`): every rank is given the same rows and settings, starts
+    from rank 0's starting model and trains on its own share of the training rows.
+    """
     params = settings.params
-    init_seed, data_seed, probe_seed, noise_seed = seeds
+    ranks = Ranks.current()
+    ranks.check_same_inputs(X, sample_weight, params)
+    init_seed, data_seed, probe_seed, noise_seed = ranks.agreed(seeds)
     rng = np.random.default_rng(data_seed)
     early = bool(params["early_stopping"])
     fraction = float(params["validation_fraction"]) if early else None
@@ -238,7 +250,11 @@ def fit_flow(
     # validation in the training precision (the flow being trained is float32)
     validation_solver = replace(settings.eval_solver, dtype=None)
     fit_cfg = fit_config(params, len(train_idx), settings.solver, validation_solver, autocast)
-    start = time.perf_counter()
+    # each rank's share of the training rows, in mini-batches that add up to batch_size
+    own_idx = ranks.shard(train_idx, sample_weight, data_seed)
+    fit_cfg = replace(fit_cfg, batch_size=max(1, fit_cfg.batch_size // ranks.world_size))
+    clock = ranks.fit_clock()
+    start = (clock or time.perf_counter)()
     # one progress display for the whole fit, closed however the fit ends
     with ProgressDisplay(fit_cfg.verbose, _planned_epochs(params, fit_cfg)) as progress:
         noise = np.random.default_rng(noise_seed)
@@ -259,17 +275,21 @@ def fit_flow(
                 init_seed=init_seed,
                 noise_seed=noise_seed + 1,
             )
+        started = ranks.agreed(started)  # every rank starts from rank 0's model
+        probe_seed = ranks.own_seed(probe_seed)
         run = _prepared(started.flow, X, sample_weight, device, probe_seed, resolution, noise)
         flow = run.flow
-        data = run.data(train_idx, val_idx if early else None)
+        data = run.data(own_idx, val_idx if early else None)
         common = dict(
             rng=rng,
             generator=run.generator,
             log_det_offset=run.mean_log_det(train_idx),
             val_log_det_offset=run.mean_log_det(val_idx) if early else None,
-            redraw=run.redraw(train_idx),
+            redraw=run.redraw(own_idx),
             progress=progress,
         )
+        if ranks.active:
+            common.update(clock=clock, ranks=ranks)
         # with early stopping the starting model competes too (the classical model of the
         # fixed map and base, the field being zero; or the fitted model in a warm refit): the
         # fit keeps it unless the validation rows improve by more than their noise
@@ -288,16 +308,17 @@ def fit_flow(
             end = validation_log_probs(flow, data[2], fit_cfg)
             w_val = sample_weight[val_idx]
             offset = common["val_log_det_offset"]
-            if not significant_gain(end, initial[0], w_val):
+            if not ranks.agreed(significant_gain(end, initial[0], w_val)):
                 flow.load_state_dict(initial[1])
                 result.final_solver_gap = math.nan
                 if params["training"] == "flow_matching":  # validation scores are -losses there
                     score = -flow_matching_validation_loss(flow, data[2], data[3], fit_cfg)
                 else:
                     score = float(np.average(initial[0], weights=w_val)) + offset
-                result.best_validation_score = score
+                result.best_validation_score = ranks.agreed_float(score)
             elif result.best_validation_score is None and end is not None:
-                result.best_validation_score = float(np.average(end, weights=w_val)) + offset
+                score = float(np.average(end, weights=w_val)) + offset
+                result.best_validation_score = ranks.agreed_float(score)
 
     # the fitted model with its fixed map and base back in place
     # the blocks stay in float32, the precision they were trained and are scored in (a
@@ -307,7 +328,7 @@ def fit_flow(
     flow.scale = torch.as_tensor(run.scale, device=flow.scale.device)
     flow.marginal = None if run.marginal is None else run.marginal.to(device=device)
     flow.base = None if run.base is None else run.base.to(device=device)
-    return FitOutcome(replace(started, flow=flow), result)
+    return FitOutcome(replace(started, flow=flow), result, ranks.world_size)
 
 
 _FIXES = (

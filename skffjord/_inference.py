@@ -171,10 +171,11 @@ class FittedFlow:
         """Rows in the user's units mapped to the base space."""
         return self._all_solved(self.flow.to_latent, X, "X")
 
-    def log_density(self, X: np.ndarray) -> np.ndarray:
+    def log_density(self, X: np.ndarray, first_row: int = 0) -> np.ndarray:
         """``log p(x)`` per row; ``-inf`` outside the support, and ``-inf`` with a
         :class:`SolverWarning` naming them for rows whose solve fails or whose score is
-        NaN or ``+inf``."""
+        NaN or ``+inf`` (numbered from ``first_row``: ``X`` may be a block of a larger
+        array)."""
         outside = outside_support(X, self.support)
         if outside.any():
             X = np.where(outside[:, None], self.origin, X)  # a row inside, scored apart
@@ -184,7 +185,8 @@ class FittedFlow:
         scores[outside | failed] = -np.inf
         if failed.any():
             warnings.warn(
-                f"The ODE solver could not score {describe_rows(np.flatnonzero(failed))} of "
+                f"The ODE solver could not score "
+                f"{describe_rows(first_row + np.flatnonzero(failed))} of "
                 f"X ({reason or 'the log-density is not finite'}); they score -inf. Check "
                 "them for extreme values, or loosen eval_solver (atol, rtol, max_num_steps).",
                 SolverWarning,

@@ -1,6 +1,11 @@
 """The optimizer steps of one training epoch: the mini-batch order, the loss of a
 mini-batch (maximum likelihood or flow matching, optionally under autocast), the backward
-pass and the checks that the loss and the gradients are finite."""
+pass and the checks that the loss and the gradients are finite.
+
+The loss is computed by a module, :class:`BatchObjective`, so that a data-parallel fit can
+wrap it in :class:`~torch.nn.parallel.DistributedDataParallel`
+(:mod:`skffjord._distributed`), which averages the gradients of what goes through its
+wrapper's ``forward``."""
 
 from __future__ import annotations
 
@@ -10,15 +15,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ._callbacks import Checkpoint, TimeBudget, WeightAverage, all_finite
+from ._distributed import RankFailure, Ranks
 from ._fit_config import FitConfig
 from ._flow import FFJORDFlow
 from ._flow_matching import flow_matching_loss
-from ._ode import solver_error_from
+from ._ode import SolverError, solver_error_from
 
-__all__ = ["EpochSums", "TrainingFailure", "batch_order", "make_optimizer", "run_epoch"]
+__all__ = [
+    "BatchObjective",
+    "EpochSums",
+    "TrainingFailure",
+    "batch_order",
+    "make_optimizer",
+    "run_epoch",
+]
 
 
 class TrainingFailure(Exception):
@@ -74,14 +87,89 @@ def _batch_loss(
         return nll, nll + _weighted_mean(reg, wb), dynamics
 
 
+class BatchObjective(nn.Module):
+    """The loss of a mini-batch, as a module whose parameters are the flow's.
+
+    Parameters
+    ----------
+    flow : FFJORDFlow
+        The flow trained.
+    """
+
+    def __init__(self, flow: FFJORDFlow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(
+        self, ub: Tensor, wb: Tensor, config: FitConfig, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, list]:
+        """The mini-batch's reported loss, the loss minimised (with the regularisers) and
+        the dynamics solved (none in flow matching), under ``config.autocast_dtype``.
+
+        Parameters
+        ----------
+        ub, wb : Tensor
+            Standardised rows and their weights.
+        config : FitConfig
+            The objective (``training``), training solver and precision.
+        generator : torch.Generator
+            Hutchinson probes and flow-matching draws.
+
+        Returns
+        -------
+        tuple of (Tensor, Tensor, list)
+            As described above.
+        """
+        return _batch_loss(self.flow, ub, wb, config, generator)
+
+
+def _peer_failure(rank: int, kind: str, message: str, world_size: int) -> Exception:
+    """The error a rank raises when rank ``rank`` failed a step with a ``kind`` error: the
+    same kind of stop for the loop's own failures (so that every rank records the same
+    stop), else :class:`RankFailure`."""
+    text = f"rank {rank} of {world_size} failed in a training step with {kind}: {message}"
+    if kind == "SolverError":
+        return SolverError(text)
+    if kind == "TrainingFailure":
+        return TrainingFailure(text)
+    return RankFailure(f"Every rank stopped: {text}")
+
+
+def _step_loss(
+    objective: nn.Module,
+    ub: Tensor,
+    wb: Tensor,
+    config: FitConfig,
+    generator: torch.Generator,
+    ranks: Ranks,
+) -> tuple[Tensor, Tensor, list]:
+    """``objective``'s losses of a mini-batch, checked finite; across processes, every rank
+    learns whether any rank's loss failed, and all stop if one did."""
+    error = None
+    try:
+        nll, loss, dynamics = objective(ub, wb, config, generator)
+        if not torch.isfinite(loss):
+            raise TrainingFailure("the training loss became NaN or infinite")
+    except Exception as err:
+        if not ranks.active:
+            raise
+        error = err
+    failure = ranks.first_failure(error) if ranks.active else None
+    if failure is not None:
+        if error is not None:
+            raise error
+        raise _peer_failure(*failure, ranks.world_size)
+    return nll, loss, dynamics
+
+
 @dataclass
 class EpochSums:
     """Running sums of one epoch's mini-batches."""
 
     loss: float = 0.0
     weight: float = 0.0
-    nfe: int = 0
-    nfe_backward: int = 0
+    nfe: float = 0
+    nfe_backward: float = 0
     n_batches: int = 0
 
 
@@ -98,7 +186,7 @@ def batch_order(u: Tensor, config: FitConfig, rng: np.random.Generator) -> Tenso
 
 
 def run_epoch(
-    flow: FFJORDFlow,
+    objective: nn.Module,
     optimizer: torch.optim.Optimizer,
     u: Tensor,
     w: Tensor,
@@ -108,13 +196,15 @@ def run_epoch(
     last_good: Checkpoint,
     average: WeightAverage | None,
     budget: TimeBudget,
+    ranks: Ranks | None = None,
 ) -> tuple[EpochSums, bool]:
     """The optimizer steps of one epoch.
 
     Parameters
     ----------
-    flow : FFJORDFlow
-        Trained in place.
+    objective : nn.Module
+        A :class:`BatchObjective` of the flow trained in place (wrapped in
+        :class:`~torch.nn.parallel.DistributedDataParallel` across processes).
     optimizer : torch.optim.Optimizer
         Steps the flow's trainable parameters.
     u, w : Tensor
@@ -132,6 +222,8 @@ def run_epoch(
         Updated after every step.
     budget : TimeBudget
         Checked after every step; the epoch ends at the first step past it.
+    ranks : Ranks or None
+        The processes of the fit, which all stop when one's loss fails; ``None``: one.
 
     Returns
     -------
@@ -146,19 +238,20 @@ def run_epoch(
         When a loss or a gradient is not finite.
     SolverError
         When a solve fails.
+    RankFailure
+        When another process's step failed with an error other than these.
     """
+    ranks = Ranks() if ranks is None else ranks
     params = last_good.params
     batch_size = min(config.batch_size, u.shape[0])
     sums = EpochSums()
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
         ub, wb = u[idx], w[idx]
-        if float(wb.sum()) <= 0:
+        if float(wb.sum()) <= 0:  # (never across processes: their shares weigh > 0)
             continue
         optimizer.zero_grad(set_to_none=True)
-        nll, loss, dynamics = _batch_loss(flow, ub, wb, config, generator)
-        if not torch.isfinite(loss):
-            raise TrainingFailure("the training loss became NaN or infinite")
+        nll, loss, dynamics = _step_loss(objective, ub, wb, config, generator, ranks)
         nfe_forward = sum(d.nfe for d in dynamics)
         try:
             loss.backward()

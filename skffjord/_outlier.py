@@ -43,7 +43,8 @@ class FFJORDOutlierDetector(OutlierMixin, FFJORDDensity):
     offset_ : float
         Threshold on :meth:`score_samples`: ``decision_function = score_samples - offset_``.
     flow_, n_features_in_, feature_names_in_, n_iter_, history_, loss_curve_, \
-validation_scores_, best_validation_score_, best_loss_, device_, stop_reason_
+validation_scores_, best_validation_score_, best_loss_, device_, stop_reason_, \
+world_size_
         As in :class:`FFJORDDensity`.
 
     See Also

@@ -27,10 +27,12 @@ from ._callbacks import (
     WeightAverage,
     all_finite,
 )
+from ._distributed import Ranks
 from ._fit_config import FitConfig
 from ._flow import FFJORDFlow
 from ._ode import SolverError
 from ._optimizer_steps import (
+    BatchObjective,
     EpochSums,
     TrainingFailure,
     batch_order,
@@ -133,20 +135,33 @@ def _epoch_record(
     }
 
 
+def _summed(sums: EpochSums, ranks: Ranks) -> EpochSums:
+    """The epoch's sums over every process's share of the rows (the solver's evaluations
+    per step averaged over the processes); ``sums`` itself in one process."""
+    if not ranks.active:
+        return sums
+    loss, weight, nfe, nfe_backward = ranks.summed(
+        [sums.loss, sums.weight, sums.nfe, sums.nfe_backward]
+    )
+    n = ranks.world_size
+    return EpochSums(loss, weight, nfe / n, nfe_backward / n, sums.n_batches)
+
+
 def _validation(
     flow: FFJORDFlow,
     validation: tuple[Tensor, Tensor, float],
     config: FitConfig,
     result: TrainingResult,
+    ranks: Ranks,
 ) -> float:
     """The validation score of the flow's weights (higher is better): the negated
     flow-matching loss, or the log-likelihood in the user's units (``validation``: rows,
     weights and the offset added; a pass the validation solver cannot finish scores
-    ``-inf`` and is counted in ``result``)."""
+    ``-inf`` and is counted in ``result``); rank 0's across processes."""
     u, w, offset = validation
     if config.training == "flow_matching":
-        return -flow_matching_validation_loss(flow, u, w, config)
-    score = guarded_validation(flow, u, w, config) + offset
+        return ranks.agreed_float(-flow_matching_validation_loss(flow, u, w, config))
+    score = ranks.agreed_float(guarded_validation(flow, u, w, config) + offset)
     result.validation_failures += score == -math.inf
     return score
 
@@ -159,16 +174,18 @@ def _judge_epoch(
     config: FitConfig,
     callbacks: _Callbacks,
     result: TrainingResult,
+    ranks: Ranks,
 ) -> FitConfig:
     """Score the epoch's weights (the average's, when there is one) into ``record`` and the
-    callbacks; the settings of the next epoch (a refined training solver)."""
+    callbacks; the settings of the next epoch (a refined training solver). Across
+    processes, the scores and the solver gap are rank 0's."""
     with callbacks.average.applied() if callbacks.average is not None else nullcontext():
         if callbacks.gap_guard.active:
-            record["solver_gap"] = solver_gap(flow, *training_rows, config)
+            record["solver_gap"] = ranks.agreed_float(solver_gap(flow, *training_rows, config))
         config = callbacks.gap_guard.observe(config, record["solver_gap"])
         result.n_iter = record["epoch"]
         if validation is not None:
-            record["valid_score"] = _validation(flow, validation, config, result)
+            record["valid_score"] = _validation(flow, validation, config, result, ranks)
             callbacks.stopping.observe_score(record["valid_score"], record["solver_gap"])
         elif config.training == "likelihood":
             callbacks.stopping.observe_loss(record["train_loss"])
@@ -225,6 +242,7 @@ def train_flow(
     redraw: Callable[[], Tensor] | None = None,
     clock: Callable[[], float] | None = None,
     progress: ProgressDisplay | None = None,
+    ranks: Ranks | None = None,
 ) -> TrainingResult:
     """Fit ``flow`` by maximum likelihood or flow matching with Adam, in place.
 
@@ -262,6 +280,12 @@ def train_flow(
         The fit's progress display, which names this phase and counts its epochs; the
         caller closes it. ``None``: a display of this call's own (a bar of
         ``config.max_iter`` epochs with ``config.verbose``), closed at return.
+    ranks : Ranks or None
+        The processes of a data-parallel fit, each training on its own share of the rows
+        (``u_train``) with the same validation rows: the gradients are averaged, the epoch's
+        sums added up, and the scores, solver gaps and ``clock`` (pass
+        :meth:`Ranks.clock`) are rank 0's, so that every rank takes the same decisions.
+        ``None``: one process.
 
     Returns
     -------
@@ -269,8 +293,12 @@ def train_flow(
         ``stop_reason`` is one of ``'converged'``, ``'max_iter'``, ``'max_time'``,
         ``'interrupted'``, ``'diverged'`` or ``'solver_failed'``.
     """
+    ranks = Ranks() if ranks is None else ranks
     params = [p for p in flow.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config, optimizer_state)
+    # flow matching with several blocks may leave a block out of a mini-batch
+    unused = config.training == "flow_matching" and len(flow.blocks) > 1
+    objective = ranks.wrap(BatchObjective(flow), find_unused_parameters=unused)
     clock = time.perf_counter if clock is None else clock
     callbacks = _Callbacks.for_fit(flow, params, optimizer, config, clock)
     result = TrainingResult()
@@ -286,7 +314,7 @@ def train_flow(
         progress.phase(PHASE_NAMES[config.training])
         epochs = range(config.max_iter)
         if validated and config.score_initial and config.training == "likelihood":
-            callbacks.stopping.start_from(_validation(flow, validation, config, result))
+            callbacks.stopping.start_from(_validation(flow, validation, config, result, ranks))
             if callbacks.budget.exceeded():
                 result.stop_reason, epochs = "max_time", range(0)
         for epoch in epochs:
@@ -294,16 +322,17 @@ def train_flow(
                 u_train = redraw()
             order = batch_order(u_train, config, rng)
             sums, time_up = run_epoch(
-                flow, optimizer, u_train, w_train, order, config, generator,
-                callbacks.last_good, callbacks.average, callbacks.budget,
+                objective, optimizer, u_train, w_train, order, config, generator,
+                callbacks.last_good, callbacks.average, callbacks.budget, ranks,
             )  # fmt: skip
+            sums = _summed(sums, ranks)
             if not all_finite(params):
                 raise TrainingFailure("the weights became NaN or infinite")
             callbacks.last_good.save()
             lr = optimizer.param_groups[0]["lr"]
             record = _epoch_record(epoch, sums, config, log_det_offset, lr)
             rows = (u_train, w_train)
-            config = _judge_epoch(flow, record, rows, validation, config, callbacks, result)
+            config = _judge_epoch(flow, record, rows, validation, config, callbacks, result, ranks)
             result.best_loss = min(result.best_loss, record["train_loss"])
             record["time"] = callbacks.budget.elapsed()
             result.history.append(record)
