@@ -31,10 +31,6 @@ from ._utils import (
 
 __all__ = ["FFJORDDensity"]
 
-#: Rows of ``X`` validated and scored at a time: memory for scoring does not grow with the
-#: rows of an array or frame beyond the scores themselves.
-SCORED_BLOCK = 65_536
-
 
 class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
     """Density estimation with an FFJORD continuous normalizing flow.
@@ -182,12 +178,8 @@ class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
     train_dtype_ : {'float32', 'bfloat16'}
         The training precision used.
     world_size_ : int
-        Number of processes that fitted the model together (1: a plain fit). ``fit`` is
-        data-parallel when a ``torch.distributed`` process group is initialised (for
-        example under ``torchrun``): every process must then call it with the same ``X``,
-        ``sample_weight`` and parameters, trains on its own equal share of the training
-        rows (the fewer than ``world_size_`` rows left over do not train), and ends with
-        the same model.
+        Processes that fitted the model together: ``fit`` is data-parallel inside an
+        initialised ``torch.distributed`` process group (``torchrun``); 1 otherwise.
 
     See Also
     --------
@@ -442,18 +434,7 @@ class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
         ndarray of shape (n_samples,)
             ``log p(x)`` per row.
         """
-        fitted = self._fitted_flow()
-        n_rows = getattr(X, "shape", (0,))[0] if hasattr(X, "ndim") and X.ndim == 2 else 0
-        if n_rows <= SCORED_BLOCK:
-            return fitted.log_density(self._validated(X))
-        # an array or frame of many rows (a memory-mapped file, say) is read block by block,
-        # so that no float64 copy of the whole of it is made
-        rows = X.iloc if hasattr(X, "iloc") else X
-        parts = [
-            fitted.log_density(self._validated(rows[start : start + SCORED_BLOCK]), start)
-            for start in range(0, n_rows, SCORED_BLOCK)
-        ]
-        return np.concatenate(parts)
+        return self._fitted_flow().log_density_in_blocks(X, self._validated)
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per row (like GaussianMixture; KernelDensity sums).

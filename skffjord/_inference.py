@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ __all__ = ["FittedFlow", "chunk_rows", "describe_rows", "solve_rows"]
 
 #: Work space of one chunk of rows, in bytes.
 CHUNK_BYTES = 256 * 2**20
+#: Rows of a user's array or frame validated and scored at a time: memory for scoring does
+#: not grow with its rows beyond the scores themselves.
+SCORED_BLOCK = 65_536
 #: Most row indices a message lists.
 LISTED_ROWS = 10
 
@@ -193,6 +197,19 @@ class FittedFlow:
                 stacklevel=3,
             )
         return scores
+
+    def log_density_in_blocks(self, X: Any, validated: Callable[[Any], np.ndarray]) -> np.ndarray:
+        """:meth:`log_density` of the user's ``X``, checked and converted by ``validated``;
+        a 2-D array or frame of more than :data:`SCORED_BLOCK` rows (a memory-mapped
+        file, say) block by block, so that no float64 copy of the whole is made."""
+        n_rows = X.shape[0] if getattr(X, "ndim", 0) == 2 else 0
+        if n_rows <= SCORED_BLOCK:
+            return self.log_density(validated(X))
+        rows = X.iloc if hasattr(X, "iloc") else X
+        blocks = range(0, n_rows, SCORED_BLOCK)
+        return np.concatenate(
+            [self.log_density(validated(rows[i : i + SCORED_BLOCK]), i) for i in blocks]
+        )
 
     def sample(self, n: int, rng: np.random.RandomState) -> np.ndarray:
         """``n`` draws: base noise integrated backwards, discrete features rounded to their

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from skffjord import FFJORDDensity, SolverWarning
-from skffjord._estimator import SCORED_BLOCK
+from skffjord._inference import SCORED_BLOCK
 
 from .conftest import TINY
 
