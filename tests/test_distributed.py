@@ -127,7 +127,34 @@ def _rank_main(rank: int, port: int, out: str) -> None:
         finally:
             FFJORDFlow.train_log_prob = saved
 
+    def max_time() -> dict:
+        rows = np.random.default_rng(3).normal(size=(3000, 2))
+        params = dict(TINY, max_iter=None, max_time=2.0, random_state=0)
+        return _fitted(FFJORDDensity(**params).fit(rows))
+
+    def discrete() -> dict:
+        rng = np.random.default_rng(4)
+        rows = np.column_stack(
+            [rng.normal(size=400), rng.integers(0, 5, 400), np.round(rng.normal(size=400), 1)]
+        )
+        params = dict(TINY, discrete_features="auto", max_iter=2, random_state=0)
+        model = FFJORDDensity(**params).fit(rows)
+        return dict(
+            _fitted(model),
+            discrete_features=model.discrete_features_,
+            sample=model.sample(50, random_state=0),
+        )
+
+    def warm_start() -> dict:
+        model = FFJORDDensity(**dict(TINY, max_iter=3, warm_start=True, random_state=0)).fit(X)
+        first = _fitted(model)
+        model.set_params(max_iter=2)
+        return dict(_fitted(model.fit(X)), first=first)
+
     report["tiny"] = _outcome(tiny)
+    report["max_time"] = _outcome(max_time)
+    report["discrete"] = _outcome(discrete)
+    report["warm_start"] = _outcome(warm_start)
     report["accuracy"] = _outcome(accuracy)
     report["hybrid"] = _outcome(hybrid)
     report["different_data"] = _outcome(different_data)
@@ -230,6 +257,39 @@ def test_a_crash_on_one_rank_stops_the_others_with_a_clear_error(reports):
     assert second == {"error": "RuntimeError", "message": "injected crash"}
     assert first["error"] == "RankFailure", first
     assert "rank 1 of 2" in first["message"] and "injected crash" in first["message"]
+
+
+def test_max_time_stops_every_rank_on_rank_0s_clock(reports):
+    ranks, _ = reports
+    first, second = (r["max_time"] for r in ranks)
+    assert "error" not in first and "error" not in second, (first, second)
+    assert first["stop_reason"] == second["stop_reason"] == "max_time"
+    assert first["n_iter"] == second["n_iter"] > 1
+    np.testing.assert_equal(first["history"], second["history"])
+    assert _same_state(first["state"], second["state"])
+
+
+def test_discrete_features_agree_across_ranks(reports):
+    ranks, _ = reports
+    first, second = (r["discrete"] for r in ranks)
+    assert "error" not in first and "error" not in second, (first, second)
+    np.testing.assert_array_equal(first["discrete_features"], [0.0, 1.0, 0.1])
+    np.testing.assert_array_equal(first["discrete_features"], second["discrete_features"])
+    assert _same_state(first["state"], second["state"])
+    assert first["sample"].shape == (50, 3)
+    np.testing.assert_array_equal(first["sample"], second["sample"])
+
+
+def test_warm_start_agrees_across_ranks(reports):
+    ranks, _ = reports
+    first, second = (r["warm_start"] for r in ranks)
+    assert "error" not in first and "error" not in second, (first, second)
+    for a, b in ((first["first"], second["first"]), (first, second)):
+        assert a["world_size"] == b["world_size"] == 2
+        assert _same_state(a["state"], b["state"])
+        np.testing.assert_equal(a["history"], b["history"])
+    # the second fit went on from the first
+    assert not _same_state(first["first"]["state"], first["state"])
 
 
 def test_a_plain_fit_runs_on_one_process():
