@@ -13,7 +13,7 @@ from sklearn.utils.fixes import parse_version
 
 from ._cli_messages import CommandError, one_line
 from ._estimator import FFJORDDensity
-from ._utils import reject_non_numeric_columns
+from ._utils import numeric_columns
 
 __all__ = [
     "FORMAT_NAMES",
@@ -171,7 +171,7 @@ def select_columns(frame: pd.DataFrame, columns: Sequence[str], path: str) -> pd
 
 def check_values(frame: pd.DataFrame, path: str) -> None:
     """Refuse non-numeric columns (the estimator's message) and missing values."""
-    reject_non_numeric_columns(frame)
+    numeric_columns(frame)  # raises the estimator's message for a non-numeric column
     counts = frame.isna().sum()
     if counts.any():
         first = int(np.flatnonzero(frame.isna().to_numpy().any(axis=1))[0]) + 1

@@ -4,30 +4,24 @@ attributes); the fit itself is :func:`~skffjord._fitting.fit_flow`."""
 from __future__ import annotations
 
 from dataclasses import replace
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin, _fit_context
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._bounds import check_bounds, fit_rows, support
-from ._dynamics import ACTIVATIONS
 from ._fitted import fitted_attributes, restored_on_failure
 from ._fitting import fit_flow, warn_solver_gap, warn_stop
 from ._inference import FittedFlow
 from ._model_file import ModelFileMixin
 from ._persistence import restored, stamped
 from ._sample_weight import checked_sample_weight
-from ._settings import eval_config, kept_structure, resolve
+from ._settings import PARAMETER_CONSTRAINTS, eval_config, kept_structure, resolve
 from ._start_model import StartModel, check_training_rows, discrete_resolution
-from ._utils import (
-    numeric_columns,
-    resolve_device,
-    spawn_seeds,
-)
+from ._utils import numeric_columns, resolve_device, spawn_seeds
 
 __all__ = ["FFJORDDensity"]
 
@@ -143,12 +137,11 @@ class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
     n_iter_ : int
         Number of epochs run.
     history_ : list of dict
-        One record per epoch: ``epoch``, ``phase``, ``train_loss``, ``valid_score``
-        (validation mean log-likelihood, NaN without early stopping, ``-inf`` where the
-        solver failed), ``nfe`` and ``nfe_backward`` (function evaluations per training
-        solve), ``n_steps``, ``learning_rate``, ``solver_gap`` (log-likelihood of 256 fixed
-        training rows through the training solver minus through the evaluation solver: a
-        large positive gap means the fit exploits a coarse training solver) and ``time``.
+        Per epoch: ``epoch``, ``phase``, ``train_loss``, ``valid_score`` (NaN without early
+        stopping, ``-inf`` where the solver failed), ``nfe``, ``nfe_backward``, ``n_steps``,
+        ``learning_rate``, ``solver_gap`` (log-likelihood of 256 training rows through the
+        training minus the evaluation solver: large when a coarse solver is exploited),
+        ``time``.
     loss_curve_ : list of float
         ``train_loss`` per epoch.
     validation_scores_ : list of float or None
@@ -186,12 +179,6 @@ class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
     sklearn.neighbors.KernelDensity : Kernel density estimation.
     sklearn.mixture.GaussianMixture : Gaussian mixture density.
 
-    Notes
-    -----
-    :meth:`score` returns the *mean* log-likelihood per row, like GaussianMixture (and
-    unlike KernelDensity, which sums). :meth:`sample` returns an array, like
-    KernelDensity.
-
     References
     ----------
     .. [1] W. Grathwohl, R. T. Q. Chen, J. Bettencourt, I. Sutskever, D. Duvenaud,
@@ -215,36 +202,7 @@ class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
     (5, 2)
     """
 
-    _parameter_constraints: dict = {
-        "hidden_layer_sizes": [
-            StrOptions({"auto"}),
-            "array-like",
-            Interval(Integral, 1, None, closed="left"),
-        ],
-        "activation": [StrOptions(set(ACTIVATIONS))],
-        "n_blocks": [Interval(Integral, 1, None, closed="left")],
-        "training": [StrOptions({"likelihood", "flow_matching", "hybrid"})],
-        "trace_estimator": [StrOptions({"auto", "hutchinson", "exact"})],
-        "solver": [dict, None],
-        "eval_solver": [dict, None],
-        "standardize": ["boolean", StrOptions({"auto", "affine", "sinh_arcsinh", "quantile"})],
-        "discrete_features": [StrOptions({"auto"}), "array-like", None],
-        "bounds": [dict, "array-like", None],
-        "n_components": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
-        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
-        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
-        "alpha": [Interval(Real, 0, None, closed="left")],
-        "max_iter": [Interval(Integral, 1, None, closed="left"), None],
-        "max_time": [Interval(Real, 0, None, closed="neither"), None],
-        "tol": [Interval(Real, 0, None, closed="left")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "device": [str],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
-        "warm_start": ["boolean"],
-    }
+    _parameter_constraints: dict = PARAMETER_CONSTRAINTS
 
     def __init__(
         self,
@@ -298,12 +256,6 @@ class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
-
-    def __sklearn_tags__(self):  # noqa: ANN204
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        tags.input_tags.sparse = False
-        return tags
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
@@ -381,12 +333,11 @@ class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
                 resolution=resolution,
                 bounds=bounds,
                 interval=interval,
+                grid_origin=self._grid_origin if refit else X[weight > 0].min(axis=0),
                 early_stopping=self.early_stopping,
                 keep_optimizer_state=self.warm_start,
             )
         )
-        if not refit:  # a value on each grid, to round samples to
-            self._grid_origin = X[weight > 0].min(axis=0)
         warn_stop(outcome.result, self.max_iter, settings.eval_solver.method)
         warn_solver_gap(outcome.result.final_solver_gap, settings.solver, self.early_stopping)
         return self
@@ -404,12 +355,6 @@ class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
             resolution=self.discrete_features_,
             origin=self._grid_origin,
         )
-
-    def _to_data(self, z: np.ndarray) -> np.ndarray:
-        return self._fitted_flow().to_data(z)
-
-    def _to_latent(self, X: np.ndarray) -> np.ndarray:
-        return self._fitted_flow().to_latent(X)
 
     def _validated(self, X: Any) -> np.ndarray:
         check_is_fitted(self)

@@ -66,6 +66,7 @@ def fitted_attributes(
     resolution: np.ndarray,
     bounds: np.ndarray,
     interval: np.ndarray,
+    grid_origin: np.ndarray,
     early_stopping: bool,
     keep_optimizer_state: bool,
 ) -> dict[str, Any]:
@@ -92,6 +93,7 @@ def fitted_attributes(
         "discrete_features_": resolution,
         "bounds_": bounds,
         "_support": interval,
+        "_grid_origin": grid_origin,  # a value on each feature's grid, to round samples to
         "n_components_": 1 if flow.base is None else int(flow.base.means.shape[0]),
         "n_components_scores_": model.mixture_scores,
         "_optimizer_state": to_cpu(result.optimizer_state) if keep_optimizer_state else None,

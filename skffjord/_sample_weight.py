@@ -21,14 +21,10 @@ def checked_sample_weight(sample_weight: Any, X: np.ndarray) -> np.ndarray:
     Raises
     ------
     ValueError
-        If a weight is negative, NaN or infinite, or none is positive.
+        If a weight is negative, or (scikit-learn's checks) NaN or infinite, or none is
+        non-zero.
     """
     weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
-    if not np.all(np.isfinite(weight)):
-        raise ValueError("sample_weight must be finite (it has NaN or infinite values).")
     if np.any(weight < 0):
         raise ValueError("sample_weight must be non-negative.")
-    largest = weight.max(initial=0.0)
-    if not largest > 0:
-        raise ValueError("sample_weight must have a positive sum.")
-    return weight / largest
+    return weight / weight.max()

@@ -1,9 +1,10 @@
 """The estimator's settings: the translation of the public parameters into the solver and
 optimisation configurations the layers below take.
 
-The public parameters of :class:`~skffjord.FFJORDDensity` are validated by scikit-learn's
-parameter constraints at ``fit``; the two solver dictionaries (``solver``, ``eval_solver``)
-are merged over the defaults of :mod:`~skffjord._defaults` and checked key by key here.
+The public parameters of :class:`~skffjord.FFJORDDensity` are validated by scikit-learn
+against :data:`PARAMETER_CONSTRAINTS` at ``fit``; the two solver dictionaries (``solver``,
+``eval_solver``) are merged over the defaults of :mod:`~skffjord._defaults` and checked key
+by key here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from numbers import Integral, Real
 from typing import Any
 
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._defaults import (
     AVERAGING_DECAY,
@@ -28,7 +30,7 @@ from ._defaults import (
     TRAIN_SOLVER_DEFAULTS,
     UNBOUNDED_EPOCHS,
 )
-from ._dynamics import auto_hidden_layer_sizes
+from ._dynamics import ACTIVATIONS, auto_hidden_layer_sizes
 from ._flow import EvalConfig, TrainConfig
 from ._ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS
 from ._rowwise_ode import ROWWISE_TABLEAUS
@@ -36,6 +38,7 @@ from ._training import FitConfig
 from ._utils import resolve_train_dtype
 
 __all__ = [
+    "PARAMETER_CONSTRAINTS",
     "Settings",
     "eval_config",
     "fit_config",
@@ -44,6 +47,39 @@ __all__ = [
     "resolve",
     "train_config",
 ]
+
+#: The estimator's parameters and the values each may take (scikit-learn validates them
+#: at ``fit``, and when scoring after ``set_params``).
+PARAMETER_CONSTRAINTS: dict = {
+    "hidden_layer_sizes": [
+        StrOptions({"auto"}),
+        "array-like",
+        Interval(Integral, 1, None, closed="left"),
+    ],
+    "activation": [StrOptions(set(ACTIVATIONS))],
+    "n_blocks": [Interval(Integral, 1, None, closed="left")],
+    "training": [StrOptions({"likelihood", "flow_matching", "hybrid"})],
+    "trace_estimator": [StrOptions({"auto", "hutchinson", "exact"})],
+    "solver": [dict, None],
+    "eval_solver": [dict, None],
+    "standardize": ["boolean", StrOptions({"auto", "affine", "sinh_arcsinh", "quantile"})],
+    "discrete_features": [StrOptions({"auto"}), "array-like", None],
+    "bounds": [dict, "array-like", None],
+    "n_components": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+    "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+    "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+    "alpha": [Interval(Real, 0, None, closed="left")],
+    "max_iter": [Interval(Integral, 1, None, closed="left"), None],
+    "max_time": [Interval(Real, 0, None, closed="neither"), None],
+    "tol": [Interval(Real, 0, None, closed="left")],
+    "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+    "early_stopping": ["boolean"],
+    "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+    "device": [str],
+    "random_state": ["random_state"],
+    "verbose": ["verbose"],
+    "warm_start": ["boolean"],
+}
 
 _TRAIN_DTYPES = ("auto", "float32", "bfloat16")
 _EVAL_DTYPES = ("float32", "float64")

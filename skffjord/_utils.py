@@ -14,7 +14,6 @@ __all__ = [
     "has_native_bfloat16",
     "make_generator",
     "numeric_columns",
-    "reject_non_numeric_columns",
     "resolve_device",
     "resolve_train_dtype",
     "spawn_seeds",
@@ -195,12 +194,6 @@ def numeric_columns(X: Any, estimator: str = "FFJORDDensity") -> Any:
     for j, values in converted.items():
         X.isetitem(j, values)
     return X
-
-
-def reject_non_numeric_columns(X: Any, estimator: str = "FFJORDDensity") -> None:
-    """Raise :func:`numeric_columns`'s error if a DataFrame column of ``X`` is not numeric
-    (a column of numbers held as objects or text is numeric)."""
-    numeric_columns(X, estimator)
 
 
 def _first_non_number(column: Any) -> Any:

@@ -90,14 +90,15 @@ def test_samples_match_data_moments(gaussian_model):
 def test_sample_then_inverse_round_trip(moons_model):
     model, _ = moons_model
     z = np.random.default_rng(3).standard_normal((300, 2))
-    x = model._to_data(z)
+    x = model._fitted_flow().to_data(z)
     assert np.abs(x - z).max() > 0.5  # the flow is far from the identity
     # at the default tolerance (rtol 1e-5 per step, float32) and, tightened, far closer
-    np.testing.assert_allclose(model._to_latent(x), z, atol=1e-3)
+    np.testing.assert_allclose(model._fitted_flow().to_latent(x), z, atol=1e-3)
     default = model.eval_solver
     try:
         model.set_params(eval_solver={"atol": 1e-9, "rtol": 1e-9, "dtype": "float64"})
-        np.testing.assert_allclose(model._to_latent(model._to_data(z)), z, atol=1e-7)
+        fitted = model._fitted_flow()
+        np.testing.assert_allclose(fitted.to_latent(fitted.to_data(z)), z, atol=1e-7)
     finally:
         model.set_params(eval_solver=default)
 

@@ -179,8 +179,8 @@ def test_quantile_model_round_trips_and_reports_user_units():
     assert standardize.a.dtype == standardize.b.dtype == torch.float64
     assert quantile.knots.dtype == torch.float64  # not rounded by float32 training
     z = rng.normal(size=(200, 2))
-    x = model._to_data(z)
-    np.testing.assert_allclose(model._to_latent(x), z, atol=2e-3)
+    x = model._fitted_flow().to_data(z)
+    np.testing.assert_allclose(model._fitted_flow().to_latent(x), z, atol=2e-3)
     # the validation score is the held-out mean log-likelihood in the user's units
     # (its rows' mean log-Jacobian is about -4.6 nats: the second column's scale is ~100)
     assert model.history_[-1]["phase"] == "likelihood"
