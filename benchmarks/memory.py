@@ -1,12 +1,13 @@
 """Peak memory of fitting and scoring against the number of rows, from a file on disk.
 
 For each n, a fresh process memory-maps an ``n x d`` float32 ``.npy`` file (the synthetic
-stand-in of ``maf_datasets.py``), fits ``FFJORDDensity`` on it (``--fit-iter`` epochs) and
-scores all its rows. Reported per n: the peak growth of the process's anonymous memory
+stand-in of ``maf_datasets.py``), fits ``FFJORDDensity`` on it (``--fit-iter`` epochs, at
+most ``--fit-time`` seconds of training) and scores all its rows. Reported per n: the peak growth of the process's anonymous memory
 (``RssAnon``: what the process allocated, not the file's pages, which the kernel can drop)
 during the fit and during scoring, and their seconds. Linux only (``/proc/self/status``).
 
-    python benchmarks/memory.py --rows 10000,100000,1000000 --out memory.json --plot memory.png
+    python benchmarks/memory.py --rows 10000,100000,1000000,10000000 --fit-time 120 \
+        --out benchmarks/results/memory.json --plot benchmarks/results/memory.png
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class _PeakMemory:
         return self.peak - self.start
 
 
-def _one(path: Path, fit_iter: int, threads: int) -> dict:
+def _one(path: Path, fit_iter: int, fit_time: float | None, threads: int) -> dict:
     """Fit and score the memory-mapped file ``path`` in this process."""
     import warnings
 
@@ -66,14 +67,15 @@ def _one(path: Path, fit_iter: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     X = np.load(path, mmap_mode="r")
-    model = FFJORDDensity(max_iter=fit_iter, random_state=0)
-    out = {"n": int(X.shape[0]), "d": int(X.shape[1])}
+    model = FFJORDDensity(max_iter=fit_iter, max_time=fit_time, random_state=0)
+    out = {"n": int(X.shape[0]), "d": int(X.shape[1]), "fit_time_limit": fit_time}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with _PeakMemory() as fit_memory:
             t0 = time.perf_counter()
             model.fit(X)
             out["fit_seconds"] = time.perf_counter() - t0
+    out["fit_steps"] = int(sum(r["n_steps"] for r in model.history_))
     with _PeakMemory() as score_memory:
         t0 = time.perf_counter()
         scores = model.score_samples(X)
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", default="10000,100000,1000000", help="comma-separated n")
     parser.add_argument("--dim", type=int, default=8)
     parser.add_argument("--fit-iter", type=int, default=1, help="epochs of each fit")
+    parser.add_argument("--fit-time", type=float, help="max_time of each fit (seconds)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/skffjord-memory"))
     parser.add_argument("--out", type=Path, help="JSON file to write")
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # a child's file
     args = parser.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(_one(args.one, args.fit_iter, args.threads)))
+        print(json.dumps(_one(args.one, args.fit_iter, args.fit_time, args.threads)))
         return
 
     from maf_datasets import mixture_sinh
@@ -110,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
             np.save(path, mixture_sinh(args.dim, n, 0, 0)[0].astype(np.float32))
         child = [sys.executable, __file__, "--one", str(path), "--fit-iter", str(args.fit_iter)]
         child += ["--threads", str(args.threads)]
+        if args.fit_time is not None:
+            child += ["--fit-time", str(args.fit_time)]
         line = subprocess.run(child, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(line.strip().splitlines()[-1]))
         r = results[-1]

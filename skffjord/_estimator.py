@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, DensityMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._bounds import check_bounds, fit_rows, support
+from ._bounds import check_bounds, support
 from ._fitted import fitted_attributes, restored_on_failure
 from ._fitting import fit_flow, warn_solver_gap, warn_stop
 from ._inference import FittedFlow
@@ -20,7 +20,9 @@ from ._model_file import ModelFileMixin
 from ._persistence import restored, stamped
 from ._sample_weight import checked_sample_weight
 from ._settings import PARAMETER_CONSTRAINTS, eval_config, kept_structure, resolve
-from ._start_model import StartModel, check_training_rows, discrete_resolution
+from ._start_model import StartModel, discrete_resolution
+from ._streamed_rows import StreamedRows, streams
+from ._training_rows import InMemoryRows
 from ._utils import numeric_columns, resolve_device, spawn_seeds
 
 __all__ = ["FFJORDDensity"]
@@ -283,28 +285,36 @@ class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
             return self._fit(X, sample_weight)
 
     def _fit(self, X: Any, sample_weight: Any) -> FFJORDDensity:
-        X = numeric_columns(X, type(self).__name__)
+        name = type(self).__name__
+        X = numeric_columns(X, name)
         refit = self.warm_start and hasattr(self, "flow_")
         old_features = getattr(self, "n_features_in_", None)
-        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=1)
+        # many rows are read a batch at a time, not copied (see _streamed_rows)
+        streamed = streams(X)
+        X = validate_data(
+            self, X, skip_check_array=streamed, dtype=np.float64, ensure_min_samples=1
+        )
         if refit and old_features != X.shape[1]:
             raise ValueError(
                 f"warm_start=True but X has {X.shape[1]} features while the fitted model "
                 f"has {old_features}; refit with warm_start=False."
             )
-        weight = checked_sample_weight(sample_weight, X)
+        if streamed:
+            weight = None if sample_weight is None else checked_sample_weight(sample_weight, X)
+            rows = StreamedRows(X, weight, name)
+        else:
+            rows = InMemoryRows(X, checked_sample_weight(sample_weight, X))
         device = resolve_device(self.device)
         settings = resolve(self.get_params(deep=False), X.shape[1], device)
         if refit:
             resolution = self.discrete_features_
         else:
-            resolution = discrete_resolution(self.discrete_features, X, weight)
-        check_training_rows(
-            X, weight, resolution, getattr(self, "feature_names_in_", None), type(self).__name__
-        )
-        bounds = check_bounds(self.bounds, X.shape[1], getattr(self, "feature_names_in_", None))
+            resolution = discrete_resolution(self.discrete_features, *rows.discrete_sample())
+        names = getattr(self, "feature_names_in_", None)
+        rows.check(resolution, names, name)
+        bounds = check_bounds(self.bounds, X.shape[1], names)
         interval = support(bounds, resolution)
-        X = fit_rows(X, weight, bounds, interval)
+        rows.inside(bounds, interval)
         structure = {**settings.structure, "bounds": tuple(map(tuple, bounds.tolist()))}
         previous = None
         if refit:
@@ -314,8 +324,7 @@ class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
             )
         settings = replace(settings, structure=structure)
         outcome = fit_flow(
-            X,
-            weight,
+            rows,
             settings,
             resolution=resolution,
             interval=interval,
@@ -333,7 +342,7 @@ class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
                 resolution=resolution,
                 bounds=bounds,
                 interval=interval,
-                grid_origin=self._grid_origin if refit else X[weight > 0].min(axis=0),
+                grid_origin=self._grid_origin if refit else rows.lowest(),
                 early_stopping=self.early_stopping,
                 keep_optimizer_state=self.warm_start,
             )

@@ -11,22 +11,20 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from torch import nn
 
 from ._defaults import LIKELIHOOD_SHARE, SOLVER_GAP_WARNING
-from ._discrete import dequantize
 from ._distributed import Ranks
 from ._flow import FFJORDFlow, TrainConfig
 from ._ode import FIXED_GRID_METHODS
 from ._progress import ProgressDisplay
 from ._settings import Settings, fit_config
-from ._start_model import StartModel, start_model, validation_split
+from ._start_model import StartModel, start_model
+from ._streamed_rows import StreamedRows
 from ._training import (
     FitConfig,
     TrainingResult,
@@ -35,107 +33,12 @@ from ._training import (
     train_flow,
     validation_log_probs,
 )
-from ._utils import float64_tensor, make_generator
+from ._training_rows import InMemoryRows
 
 __all__ = ["FAILED", "FitOutcome", "fit_flow", "warn_solver_gap", "warn_stop"]
 
 #: Stop reasons after which a fit goes no further.
 FAILED = ("diverged", "solver_failed", "interrupted")
-
-
-@dataclass
-class _Run:
-    """A flow prepared for training: float32 on its device with the fixed map detached, and
-    every row as the flow sees it (float64, with its log-Jacobian).
-
-    With discrete columns (``resolution > 0``) the rows are one dequantised draw, and
-    :meth:`redraw` gives the training rows a fresh draw every epoch.
-    """
-
-    flow: FFJORDFlow
-    marginal: nn.Module | None
-    base: nn.Module | None
-    loc: np.ndarray
-    scale: np.ndarray
-    rows: np.ndarray
-    row_log_det: np.ndarray
-    sample_weight: np.ndarray
-    generator: torch.Generator
-    X: np.ndarray
-    resolution: np.ndarray
-    noise: np.random.Generator
-
-    def data(self, train_idx: np.ndarray, val_idx: np.ndarray | None) -> tuple:
-        """Training rows and weights, then validation rows and weights (or ``None``)."""
-        device = self.flow.loc.device
-
-        def as_tensor(a: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(a, dtype=torch.float32, device=device)
-
-        return (
-            as_tensor(self.rows[train_idx]),
-            as_tensor(self.sample_weight[train_idx]),
-            None if val_idx is None else as_tensor(self.rows[val_idx]),
-            None if val_idx is None else as_tensor(self.sample_weight[val_idx]),
-        )
-
-    def mean_log_det(self, idx: np.ndarray) -> float:
-        """Weighted mean log-Jacobian of the map over the rows ``idx``."""
-        if not len(idx):
-            return 0.0
-        return float(np.average(self.row_log_det[idx], weights=self.sample_weight[idx]))
-
-    def redraw(self, idx: np.ndarray) -> Callable[[], torch.Tensor] | None:
-        """A function giving the rows ``idx`` freshly dequantised and mapped, as the flow
-        sees them (float32 on its device); ``None`` without discrete columns."""
-        if not np.any(self.resolution > 0):
-            return None
-        X = self.X[idx]
-        device = self.flow.loc.device
-        loc, scale = torch.as_tensor(self.loc), torch.as_tensor(self.scale)
-
-        def draw() -> torch.Tensor:
-            x = torch.as_tensor(dequantize(X, self.resolution, self.noise))
-            with torch.no_grad():
-                u = x if self.marginal is None else self.marginal.cpu()(x)[0]
-            return ((u - loc) / scale).to(device=device, dtype=torch.float32)
-
-        return draw
-
-
-def _prepared(
-    flow: FFJORDFlow,
-    X: np.ndarray,
-    sample_weight: np.ndarray,
-    device: torch.device,
-    probe_seed: int,
-    resolution: np.ndarray,
-    noise: np.random.Generator,
-) -> _Run:
-    """``flow`` ready to train, with every row of ``X`` (one dequantised draw of its
-    discrete columns) through its fixed map."""
-    X_drawn = dequantize(X, resolution, noise)
-    with torch.no_grad():
-        u, log_det = flow.standardize_with_log_det(float64_tensor(X_drawn, flow.loc.device))
-    loc, scale = flow.loc.cpu().numpy(), flow.scale.cpu().numpy()
-    # the fixed map is not trained and stays float64: it leaves the flow while the flow
-    # trains in float32, and comes back after
-    marginal, flow.marginal = flow.marginal, None
-    base = copy.deepcopy(flow.base)  # float64, restored after training
-    return _Run(
-        flow=flow.to(device=device, dtype=torch.float32),
-        marginal=marginal,
-        base=base,
-        loc=loc,
-        scale=scale,
-        rows=u.cpu().numpy(),
-        row_log_det=log_det.cpu().numpy(),
-        sample_weight=sample_weight,
-        generator=make_generator(probe_seed, device),
-        X=X,
-        resolution=resolution,
-        noise=noise,
-    )
 
 
 def _hybrid_epochs(max_iter: int) -> tuple[int, int]:
@@ -214,8 +117,7 @@ class FitOutcome:
 
 
 def fit_flow(
-    X: np.ndarray,
-    sample_weight: np.ndarray,
+    rows: InMemoryRows | StreamedRows,
     settings: Settings,
     *,
     resolution: np.ndarray,
@@ -225,7 +127,7 @@ def fit_flow(
     previous: StartModel | None = None,
     optimizer_state: dict | None = None,
 ) -> FitOutcome:
-    """Fit on validated rows; ``previous`` (a warm refit) starts from that model.
+    """Fit on checked training ``rows``; ``previous`` (a warm refit) starts from that model.
 
     Under an initialised ``torch.distributed`` process group the fit is data-parallel (see
     :mod:`skffjord._distributed`): every rank is given the same rows and settings, starts
@@ -233,15 +135,15 @@ def fit_flow(
     """
     params = settings.params
     ranks = Ranks.current()
-    ranks.check_same_inputs(X, sample_weight, params)
+    rows.check_same_on_ranks(ranks, params)
     init_seed, data_seed, probe_seed, noise_seed = ranks.agreed(seeds)
     rng = np.random.default_rng(data_seed)
     early = bool(params["early_stopping"])
     fraction = float(params["validation_fraction"]) if early else None
-    train_idx, val_idx = validation_split(sample_weight, fraction, rng)
-    if params["batch_size"] != "auto" and params["batch_size"] > len(train_idx):
+    n_train = rows.split(fraction, rng)
+    if params["batch_size"] != "auto" and params["batch_size"] > n_train:
         warnings.warn(
-            f"Got batch_size={params['batch_size']} larger than the {len(train_idx)} training "
+            f"Got batch_size={params['batch_size']} larger than the {n_train} training "
             "rows; it is clipped.",
             UserWarning,
             stacklevel=4,
@@ -249,9 +151,8 @@ def fit_flow(
     autocast = torch.bfloat16 if settings.train_dtype == "bfloat16" else None
     # validation in the training precision (the flow being trained is float32)
     validation_solver = replace(settings.eval_solver, dtype=None)
-    fit_cfg = fit_config(params, len(train_idx), settings.solver, validation_solver, autocast)
-    # each rank's share of the training rows, in mini-batches that add up to batch_size
-    own_idx = ranks.shard(train_idx, sample_weight, data_seed)
+    fit_cfg = fit_config(params, n_train, settings.solver, validation_solver, autocast)
+    # each rank's mini-batches add up to batch_size
     fit_cfg = replace(fit_cfg, batch_size=max(1, fit_cfg.batch_size // ranks.world_size))
     clock = ranks.fit_clock()
     start = (clock or time.perf_counter)()
@@ -263,9 +164,7 @@ def fit_flow(
         else:
             progress.phase("starting model")  # choosing the map and the base
             started = start_model(
-                X,
-                sample_weight,
-                train_idx,
+                *rows.start_rows(),
                 resolution=resolution,
                 interval=interval,
                 structure=settings.structure,
@@ -277,15 +176,23 @@ def fit_flow(
             )
         started = ranks.agreed(started)  # every rank starts from rank 0's model
         probe_seed = ranks.own_seed(probe_seed)
-        run = _prepared(started.flow, X, sample_weight, device, probe_seed, resolution, noise)
-        flow = run.flow
-        data = run.data(own_idx, val_idx if early else None)
+        run = rows.prepared(
+            started.flow,
+            device,
+            probe_seed=probe_seed,
+            resolution=resolution,
+            noise=noise,
+            ranks=ranks,
+            data_seed=data_seed,
+            validate=early,
+        )
+        flow, data = run.flow, run.data
         common = dict(
             rng=rng,
             generator=run.generator,
-            log_det_offset=run.mean_log_det(train_idx),
-            val_log_det_offset=run.mean_log_det(val_idx) if early else None,
-            redraw=run.redraw(own_idx),
+            log_det_offset=run.log_det_offset,
+            val_log_det_offset=run.val_log_det_offset,
+            redraw=run.redraw,
             progress=progress,
         )
         if ranks.active:
@@ -306,7 +213,7 @@ def fit_flow(
             result = _train_hybrid(flow, data, fit_cfg, optimizer_state, common, start)
         if initial is not None:
             end = validation_log_probs(flow, data[2], fit_cfg)
-            w_val = sample_weight[val_idx]
+            w_val = run.val_weight
             offset = common["val_log_det_offset"]
             if not ranks.agreed(significant_gain(end, initial[0], w_val)):
                 flow.load_state_dict(initial[1])
@@ -321,13 +228,7 @@ def fit_flow(
                 result.best_validation_score = ranks.agreed_float(score)
 
     # the fitted model with its fixed map and base back in place
-    # the blocks stay in float32, the precision they were trained and are scored in (a
-    # float64 solve casts a copy, exactly); the map around them is float64 throughout
-    flow.eval()
-    flow.loc = torch.as_tensor(run.loc, device=flow.loc.device)
-    flow.scale = torch.as_tensor(run.scale, device=flow.scale.device)
-    flow.marginal = None if run.marginal is None else run.marginal.to(device=device)
-    flow.base = None if run.base is None else run.base.to(device=device)
+    flow = run.restored(device)
     return FitOutcome(replace(started, flow=flow), result, ranks.world_size)
 
 

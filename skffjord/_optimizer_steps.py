@@ -179,6 +179,8 @@ def batch_order(u: Tensor, config: FitConfig, rng: np.random.Generator) -> Tenso
     n = u.shape[0]
     batch_size = min(config.batch_size, n)
     passes = max(1, math.ceil(config.min_steps_per_epoch / math.ceil(n / batch_size)))
+    if not isinstance(u, Tensor):  # a view of rows read when indexed: a computed order
+        return u.epoch_order(passes, config.shuffle, rng)
     order = np.concatenate(
         [rng.permutation(n) if config.shuffle else np.arange(n) for _ in range(passes)]
     )

@@ -31,9 +31,12 @@ from ._preprocessing import (
 
 __all__ = [
     "StartModel",
+    "check_row_count",
     "check_training_rows",
     "discrete_resolution",
+    "refuse_constant",
     "start_model",
+    "validation_count",
     "validation_split",
 ]
 
@@ -67,18 +70,28 @@ def check_training_rows(
     """Raise ``ValueError`` unless the rows of positive weight can define a density: at
     least two of them, and no continuous feature (``resolution`` 0) that holds one value in
     all of them (its density would be infinite), named by ``feature_names`` where given."""
-    n_rows = int(np.count_nonzero(sample_weight > 0))
+    check_row_count(int(np.count_nonzero(sample_weight > 0)), len(sample_weight), estimator)
+    refuse_constant(constant_features(X, sample_weight, resolution), X.shape[1], feature_names)
+
+
+def check_row_count(n_rows: int, n_samples: int, estimator: str) -> None:
+    """Raise ``ValueError`` when fewer than two of the ``n_samples`` rows (``n_rows``) have
+    a positive weight."""
     if n_rows < 2:
         raise ValueError(
             f"{estimator} needs at least 2 rows with positive weight; got {n_rows} "
-            f"(n_samples={len(sample_weight)})."
+            f"(n_samples={n_samples})."
         )
-    flat = constant_features(X, sample_weight, resolution)
+
+
+def refuse_constant(flat: np.ndarray, n_features: int, feature_names: np.ndarray | None) -> None:
+    """Raise ``ValueError`` naming the continuous features ``flat`` (indices) that hold a
+    single value in every row of positive weight."""
     if flat.size == 0:
         return
     names = [str(feature_names[j]) if feature_names is not None else int(j) for j in flat]
     shown = names if len(names) <= 10 else [*names[:10], f"... ({len(names)} features)"]
-    identical = " (all the rows are identical)" if flat.size == X.shape[1] else ""
+    identical = " (all the rows are identical)" if flat.size == n_features else ""
     raise ValueError(
         f"Continuous feature(s) {shown} of X hold a single value in every row of positive "
         f"weight{identical}, so they have no density. Drop them (e.g. with "
@@ -88,13 +101,9 @@ def check_training_rows(
     )
 
 
-def validation_split(
-    sample_weight: np.ndarray, fraction: float | None, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Training and validation row indices; all rows train when ``fraction`` is ``None``."""
-    n_samples = len(sample_weight)
-    if fraction is None:
-        return np.arange(n_samples), np.arange(0)
+def validation_count(fraction: float, n_samples: int) -> int:
+    """The number of validation rows that ``validation_fraction=fraction`` holds out of
+    ``n_samples``; raises ``ValueError`` when it would leave no row to train on."""
     n_val = max(1, int(round(fraction * n_samples)))
     if n_samples - n_val < 1:
         raise ValueError(
@@ -102,6 +111,17 @@ def validation_split(
             f"{n_samples} rows and leaves none to train on; lower validation_fraction, give "
             "more rows or set early_stopping=False."
         )
+    return n_val
+
+
+def validation_split(
+    sample_weight: np.ndarray, fraction: float | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation row indices; all rows train when ``fraction`` is ``None``."""
+    n_samples = len(sample_weight)
+    if fraction is None:
+        return np.arange(n_samples), np.arange(0)
+    n_val = validation_count(fraction, n_samples)
     perm = rng.permutation(n_samples)
     val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     for part, idx in (("validation", val_idx), ("training", train_idx)):

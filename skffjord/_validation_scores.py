@@ -205,9 +205,12 @@ def solver_gap(
         evaluation solver, in nats per row; NaN when either solver fails or no row has a
         positive weight.
     """
-    u = u[w > 0]
-    step = max(1, u.shape[0] // n_rows)
-    u = u[::step][:n_rows]
+    if isinstance(u, Tensor):
+        u = u[w > 0]
+        step = max(1, u.shape[0] // n_rows)
+        u = u[::step][:n_rows]
+    else:  # a view of rows read when indexed (every weight positive)
+        u = u.spread(n_rows)
     if u.shape[0] == 0:
         return math.nan
     w = torch.ones(u.shape[0], dtype=u.dtype, device=u.device)  # a solver check: unweighted
