@@ -1,10 +1,12 @@
-"""Peak memory of fitting and scoring against the number of rows, from a file on disk.
+"""Peak memory of fitting, scoring and sampling against the number of rows, from a file.
 
 For each n, a fresh process memory-maps an ``n x d`` float32 ``.npy`` file (the synthetic
 stand-in of ``maf_datasets.py``), fits ``FFJORDDensity`` on it (``--fit-iter`` epochs, at
-most ``--fit-time`` seconds of training) and scores all its rows. Reported per n: the peak growth of the process's anonymous memory
-(``RssAnon``: what the process allocated, not the file's pages, which the kernel can drop)
-during the fit and during scoring, and their seconds. Linux only (``/proc/self/status``).
+most ``--fit-time`` seconds in all), scores all its rows and draws as many samples.
+Reported per n: the peak growth of the process's anonymous memory (``RssAnon``: what the
+process allocated, not the file's pages, which the kernel can drop) during the fit, and
+during scoring and sampling beyond the arrays they return, with their seconds. Linux only
+(``/proc/self/status``).
 
     python benchmarks/memory.py --rows 10000,100000,1000000,10000000 --fit-time 120 \
         --out benchmarks/results/memory.json --plot benchmarks/results/memory.png
@@ -80,8 +82,15 @@ def _one(path: Path, fit_iter: int, fit_time: float | None, threads: int) -> dic
         t0 = time.perf_counter()
         scores = model.score_samples(X)
         out["score_seconds"] = time.perf_counter() - t0
+    with _PeakMemory() as sample_memory:
+        t0 = time.perf_counter()
+        samples = model.sample(len(X), random_state=0)
+        out["sample_seconds"] = time.perf_counter() - t0
+    out["sample_peak_mib"] = (sample_memory.growth - samples.nbytes) / 2**20
+    out["samples_mib"] = samples.nbytes / 2**20
+    del samples
     out["fit_peak_mib"] = fit_memory.growth / 2**20
-    out["score_peak_mib"] = score_memory.growth / 2**20
+    out["score_peak_mib"] = (score_memory.growth - scores.nbytes) / 2**20
     out["scores_mib"] = scores.nbytes / 2**20
     out["file_mib"] = X.nbytes / 2**20
     return out
@@ -120,8 +129,10 @@ def main(argv: list[str] | None = None) -> None:
         r = results[-1]
         print(
             f"n={n}: file {r['file_mib']:.0f} MiB; fit +{r['fit_peak_mib']:.0f} MiB in "
-            f"{r['fit_seconds']:.1f} s; score +{r['score_peak_mib']:.0f} MiB (scores "
-            f"{r['scores_mib']:.1f} MiB) in {r['score_seconds']:.1f} s",
+            f"{r['fit_seconds']:.1f} s; score +{r['score_peak_mib']:.0f} MiB beyond the "
+            f"{r['scores_mib']:.1f} MiB of scores in {r['score_seconds']:.1f} s; sample "
+            f"+{r['sample_peak_mib']:.0f} MiB beyond the {r['samples_mib']:.0f} MiB of samples "
+            f"in {r['sample_seconds']:.1f} s",
             flush=True,
         )
     if args.out:
@@ -135,12 +146,14 @@ def main(argv: list[str] | None = None) -> None:
         n = [r["n"] for r in results]
         fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
         ax[0].loglog(n, [r["fit_peak_mib"] for r in results], "o-", label="fit")
-        ax[0].loglog(n, [r["score_peak_mib"] for r in results], "s-", label="score")
+        ax[0].loglog(n, [max(r["score_peak_mib"], 1) for r in results], "s-", label="score")
+        ax[0].loglog(n, [max(r["sample_peak_mib"], 1) for r in results], "^-", label="sample")
         ax[0].loglog(n, [r["file_mib"] for r in results], ":", label="the file")
-        ax[0].set(xlabel="rows", ylabel="peak anonymous memory growth (MiB)")
+        ax[0].set(xlabel="rows", ylabel="peak memory growth beyond the output (MiB)")
         ax[0].legend()
         ax[1].loglog(n, [r["fit_seconds"] for r in results], "o-", label="fit")
         ax[1].loglog(n, [r["score_seconds"] for r in results], "s-", label="score")
+        ax[1].loglog(n, [r["sample_seconds"] for r in results], "^-", label="sample")
         ax[1].set(xlabel="rows", ylabel="seconds")
         ax[1].legend()
         fig.tight_layout()

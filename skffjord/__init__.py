@@ -7,6 +7,7 @@ from ._estimator import FFJORDDensity
 from ._model_file import ModelFileError, load_model
 from ._ode import SolverError, SolverWarning
 from ._outlier import FFJORDOutlierDetector
+from ._parquet import parquet_memmap
 from ._utils import DeviceWarning
 
 __version__ = "0.1.0"
@@ -28,4 +29,5 @@ __all__ = [
     "datasets",
     "find_discrete_features",
     "load_model",
+    "parquet_memmap",
 ]

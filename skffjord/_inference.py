@@ -155,21 +155,25 @@ class FittedFlow:
         rows = chunk_rows(self.flow.n_features, self.hidden)
         return solve_rows(method, A, self.config, rows, self.device, shape)
 
-    def _all_solved(self, method: Callable, A: np.ndarray, what: str) -> np.ndarray:
+    def _all_solved(
+        self, method: Callable, A: np.ndarray, what: str, first_row: int = 0
+    ) -> np.ndarray:
         """``method`` over the rows of ``A``; :class:`SolverError` naming the rows (of
-        ``what``) whose solve fails or whose result is not finite."""
+        ``what``, numbered from ``first_row``) whose solve fails or whose result is not
+        finite."""
         values, failed, reason = self._solved(method, A, (self.flow.n_features,))
         failed |= ~np.isfinite(values).all(axis=1)
         if failed.any():
+            rows = describe_rows(first_row + np.flatnonzero(failed))
             raise SolverError(
-                f"the ODE solver failed on {describe_rows(np.flatnonzero(failed))} of {what}: "
+                f"the ODE solver failed on {rows} of {what}: "
                 f"{reason or 'the result is not finite (NaN or inf)'}"
             )
         return values
 
-    def to_data(self, z: np.ndarray) -> np.ndarray:
+    def to_data(self, z: np.ndarray, first_row: int = 0) -> np.ndarray:
         """Base-space rows mapped to the user's units."""
-        return self._all_solved(self.flow.to_data, z, "the base draws")
+        return self._all_solved(self.flow.to_data, z, "the base draws", first_row)
 
     def to_latent(self, X: np.ndarray) -> np.ndarray:
         """Rows in the user's units mapped to the base space."""
@@ -213,14 +217,19 @@ class FittedFlow:
 
     def sample(self, n: int, rng: np.random.RandomState) -> np.ndarray:
         """``n`` draws: base noise integrated backwards, discrete features rounded to their
-        grid, every feature within its bounds."""
+        grid, every feature within its bounds; :data:`SCORED_BLOCK` draws at a time, so
+        that memory beyond the returned array does not grow with ``n``."""
         base = self.flow.base
-        if base is None:
-            z = rng.standard_normal((n, self.flow.n_features))
-        else:
-            z = base.sample_numpy(n, rng)
-        X = snap_to_grid(self.to_data(z), self.resolution, self.origin)
-        return np.clip(X, self.bounds[:, 0], self.bounds[:, 1])
+        out = np.empty((n, self.flow.n_features))
+        for start in range(0, n, SCORED_BLOCK):
+            m = min(SCORED_BLOCK, n - start)
+            if base is None:
+                z = rng.standard_normal((m, self.flow.n_features))
+            else:
+                z = base.sample_numpy(m, rng)
+            X = snap_to_grid(self.to_data(z, start), self.resolution, self.origin)
+            out[start : start + m] = np.clip(X, self.bounds[:, 0], self.bounds[:, 1])
+        return out
 
     def path(self, X: np.ndarray, n_times: int) -> np.ndarray:
         """The states of each row at ``n_times`` times per block, in the user's units."""

@@ -151,7 +151,18 @@ def _rank_main(rank: int, port: int, out: str) -> None:
         model.set_params(max_iter=2)
         return dict(_fitted(model.fit(X)), first=first)
 
+    def streamed() -> dict:
+        import skffjord._streamed_rows as streamed_rows
+
+        streamed_rows.STREAMED_FIT_ROWS = 200  # so that 600 rows stream
+        rng = np.random.default_rng(5)
+        rows = np.column_stack([rng.normal(size=600), rng.integers(0, 4, 600)])
+        params = dict(TINY, discrete_features="auto", early_stopping=True, max_iter=3)
+        model = FFJORDDensity(**dict(params, random_state=0)).fit(rows)
+        return dict(_fitted(model), sample=model.sample(50, random_state=0))
+
     report["tiny"] = _outcome(tiny)
+    report["streamed"] = _outcome(streamed)
     report["max_time"] = _outcome(max_time)
     report["discrete"] = _outcome(discrete)
     report["warm_start"] = _outcome(warm_start)
@@ -205,6 +216,16 @@ def test_ranks_end_with_the_same_model(reports):
     np.testing.assert_equal(first["history"], second["history"])  # NaN equal to NaN
     # the model file keeps the attribute
     assert FFJORDDensity.load(out / "tiny.skffjord").world_size_ == 2
+
+
+def test_ranks_streaming_their_rows_end_with_the_same_model(reports):
+    ranks, _ = reports
+    first, second = (r["streamed"] for r in ranks)
+    assert "error" not in first, first
+    assert first["world_size"] == second["world_size"] == 2
+    assert _same_state(first["state"], second["state"])
+    np.testing.assert_equal(first["history"], second["history"])
+    np.testing.assert_array_equal(first["sample"], second["sample"])
 
 
 def test_two_ranks_learn_as_well_as_one_process(reports):
