@@ -20,7 +20,7 @@ from ._model_file import ModelFileMixin
 from ._persistence import restored, stamped
 from ._sample_weight import checked_sample_weight
 from ._settings import PARAMETER_CONSTRAINTS, eval_config, kept_structure, resolve
-from ._start_model import StartModel, discrete_resolution
+from ._start_model import StartModel
 from ._streamed_rows import StreamedRows, streams
 from ._training_rows import InMemoryRows
 from ._utils import numeric_columns, resolve_device, spawn_seeds
@@ -268,6 +268,9 @@ class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features)
             Training data (numeric; a pandas DataFrame records ``feature_names_in_``).
+            More than 65,536 rows (a ``numpy.memmap`` of a file larger than memory, say)
+            are read a batch at a time rather than copied, with the starting model fitted
+            on a random sample of 65,536 of them (user guide: "Data larger than memory").
         y : None
             Ignored; present for API consistency.
         sample_weight : array-like of shape (n_samples,), default=None
@@ -309,7 +312,7 @@ class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
         if refit:
             resolution = self.discrete_features_
         else:
-            resolution = discrete_resolution(self.discrete_features, *rows.discrete_sample())
+            resolution = rows.resolution(self.discrete_features)
         names = getattr(self, "feature_names_in_", None)
         rows.check(resolution, names, name)
         bounds = check_bounds(self.bounds, X.shape[1], names)

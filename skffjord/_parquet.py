@@ -8,6 +8,7 @@ batch from it would decompress whole groups for a few rows; a fit reads a memory
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,14 +36,16 @@ def parquet_memmap(
     path : str or path-like
         The Parquet file (needs ``pyarrow``: ``pip install 'skffjord[parquet]'``).
     out : str or path-like
-        The ``.npy`` file to write (replaced if it exists); delete it when done.
+        The ``.npy`` file to write (replaced if it exists, once the copy is complete; an
+        error leaves no partial file); delete it when done.
     columns : sequence of str, default=None
-        The columns to copy, in this order; ``None``: all of them. Each must hold numbers
-        or booleans; the names are those of
+        The columns to copy, in this order; ``None``: all of them but a pandas index saved
+        with the table. Each must hold numbers or booleans; the names are those of
         ``pyarrow.parquet.read_schema(path).names``.
-    dtype : str or numpy dtype, default='float32'
-        The array's floating type: ``'float32'`` halves the file and the memory a page of
-        rows takes (a fit trains in float32); ``'float64'`` keeps every double exactly.
+    dtype : {'float32', 'float64'}, default='float32'
+        The array's type: ``'float32'`` halves the file and the memory a page of rows
+        takes (a fit trains in float32); ``'float64'`` keeps every double exactly (and
+        integers up to ``2**53``).
     batch_rows : int, default=65536
         Rows read and converted at a time.
 
@@ -55,7 +58,8 @@ def parquet_memmap(
     ------
     ValueError
         If a column is missing, not numeric, or holds missing values (named with the first
-        row that holds one), or if ``dtype`` is not a floating type.
+        row that holds one), if ``dtype`` is neither float32 nor float64, or if ``out``
+        is ``path``.
 
     Examples
     --------
@@ -76,13 +80,19 @@ def parquet_memmap(
     import pyarrow.parquet as pq
 
     dtype = np.dtype(dtype)
-    if dtype.kind != "f":
-        raise ValueError(f"dtype must be a floating type such as 'float32'; got {dtype}.")
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype}.")
     if not isinstance(batch_rows, int) or batch_rows < 1:
         raise ValueError(f"batch_rows must be a positive integer; got {batch_rows!r}.")
+    if os.path.exists(out) and os.path.samefile(path, out):
+        raise ValueError(f"out {os.fspath(out)!r} is the Parquet file itself.")
     source = pq.ParquetFile(path)
     schema = source.schema_arrow
-    names = list(schema.names) if columns is None else list(columns)
+    if columns is None:  # the data's columns, not a pandas index saved beside them
+        index = (schema.pandas_metadata or {}).get("index_columns", [])
+        names = [name for name in schema.names if name not in index]
+    else:
+        names = list(columns)
     missing = [name for name in names if name not in schema.names]
     if missing:
         raise ValueError(f"{os.fspath(path)!r} has no column(s) {missing}; it has {schema.names}.")
@@ -92,24 +102,37 @@ def parquet_memmap(
             pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
         ):
             raise ValueError(f"Column {name!r} of {os.fspath(path)!r} is not numeric ({kind}).")
-    n_rows = source.metadata.num_rows
-    array = np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=(n_rows, len(names)))
+    # written beside ``out`` and renamed at the end: an error leaves no partial file
+    folder = os.path.dirname(os.path.abspath(out))
+    handle, partial = tempfile.mkstemp(suffix=".npy", dir=folder)
+    os.close(handle)
+    try:
+        _copy(source, names, partial, dtype, batch_rows, os.fspath(path))
+        os.replace(partial, out)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return np.load(out, mmap_mode="r")
+
+
+def _copy(
+    source: object, names: list[str], out: str, dtype: np.dtype, batch_rows: int, path: str
+) -> None:
+    """Write the columns ``names`` of the Parquet file ``source`` to the ``.npy`` ``out``."""
+    shape = (source.metadata.num_rows, len(names))
+    array = np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=shape)
     start = 0
     for batch in source.iter_batches(batch_size=batch_rows, columns=names):
         stop = start + batch.num_rows
         for j, name in enumerate(names):
             column = batch.column(name)
             if column.null_count:
-                row = start + int(
-                    np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0]
-                )
-                del array
+                first = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0]
                 raise ValueError(
-                    f"Column {name!r} of {os.fspath(path)!r} has missing values, the first in "
-                    f"row {row}; drop or impute them first."
+                    f"Column {name!r} of {path!r} has missing values, the first in row "
+                    f"{start + int(first)}; drop or impute them first."
                 )
             array[start:stop, j] = column.to_numpy(zero_copy_only=False)
         start = stop
     array.flush()
     del array
-    return np.load(out, mmap_mode="r")

@@ -12,6 +12,7 @@ rows' log-likelihoods and, when some weights are zero, the indices of the others
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -19,11 +20,16 @@ import torch
 from sklearn.utils.validation import check_array
 
 from ._bounds import check_inside
-from ._discrete import dequantize
+from ._discrete import GRID_TOLERANCE, dequantize
 from ._distributed import Ranks
 from ._flow import FFJORDFlow
 from ._keyed_order import KeyedPermutation, keyed_uniforms
-from ._start_model import check_row_count, refuse_constant, validation_count
+from ._start_model import (
+    check_row_count,
+    discrete_resolution,
+    refuse_constant,
+    validation_count,
+)
 from ._training_rows import Prepared, detached
 from ._utils import make_generator, numeric_columns
 
@@ -73,15 +79,29 @@ class StreamedRows:
         self.n_rows = self.n_samples if self._ids is None else len(self._ids)
         self.low = np.full(self.n_features, np.inf)
         self.high = np.full(self.n_features, -np.inf)
-        for start in range(0, self.n_samples, READ_BLOCK):
-            block = self._checked(self._rows[start : start + READ_BLOCK])
+        # each feature's extreme rows (of positive weight), which the starting model sees
+        self._extremes = np.zeros((2, self.n_features), dtype=np.int64)
+        for start, block in self._blocks():
+            rows = np.arange(start, start + len(block))
             if sample_weight is not None:
-                block = block[sample_weight[start : start + READ_BLOCK] > 0]
-            if len(block):
-                self.low = np.minimum(self.low, block.min(axis=0))
-                self.high = np.maximum(self.high, block.max(axis=0))
+                kept = sample_weight[start : start + READ_BLOCK] > 0
+                block, rows = block[kept], rows[kept]
+            if not len(block):
+                continue
+            for side, (pick, better) in enumerate(((np.argmin, np.less), (np.argmax, np.greater))):
+                at = pick(block, axis=0)
+                values = block[at, np.arange(self.n_features)]
+                bound = self.low if side == 0 else self.high
+                new = better(values, bound)
+                bound[new] = values[new]
+                self._extremes[side, new] = rows[at[new]]
         self.order = KeyedPermutation(self.n_rows, _SAMPLE_KEY)
         self.n_val = 0
+
+    def _blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Every row, checked, :data:`READ_BLOCK` at a time, with the first one's number."""
+        for start in range(0, self.n_samples, READ_BLOCK):
+            yield start, self._checked(self._rows[start : start + READ_BLOCK])
 
     def _checked(self, block: Any) -> np.ndarray:
         block = numeric_columns(block, self._estimator)
@@ -93,10 +113,12 @@ class StreamedRows:
         return drawn if self._ids is None else self._ids[drawn]
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        """The rows numbered ``rows``, checked, as float64 (read in file order)."""
+        """The rows numbered ``rows`` as float64, read in file order (every row was checked
+        by the survey, so they are only converted)."""
         order = np.argsort(rows, kind="stable")
+        block = numeric_columns(self._rows[rows[order]], self._estimator)
         out = np.empty((len(rows), self.n_features))
-        out[order] = self._checked(self._rows[rows[order]])
+        out[order] = block.to_numpy(np.float64) if hasattr(block, "iloc") else block
         return out
 
     def weights(self, rows: np.ndarray) -> np.ndarray:
@@ -104,11 +126,27 @@ class StreamedRows:
         return np.ones(len(rows)) if self.weight is None else self.weight[rows]
 
     # the checks and choices made before the fit
-    def discrete_sample(self) -> tuple[np.ndarray, np.ndarray]:
-        """The rows and weights whose grids decide the discrete features: a fixed
-        pseudo-random sample of :data:`STREAMED_FIT_ROWS` rows of positive weight."""
+    def resolution(self, option: object) -> np.ndarray:
+        """The cell width of each feature that ``discrete_features=option`` gives (see
+        :func:`~skffjord._start_model.discrete_resolution`). With ``'auto'`` the grids are
+        found on a fixed pseudo-random sample of :data:`STREAMED_FIT_ROWS` rows of positive
+        weight, then checked on every row: a feature with a row off its grid (counted from
+        its smallest value) is continuous."""
+        if not (isinstance(option, str) and option == "auto"):
+            return discrete_resolution(option, np.zeros((0, self.n_features)), np.zeros(0))
         rows = self.ids(np.arange(min(self.n_rows, STREAMED_FIT_ROWS)))
-        return self.take(rows), self.weights(rows)
+        resolution = discrete_resolution(option, self.take(rows), self.weights(rows))
+        discrete = np.flatnonzero(resolution > 0)
+        for start, block in self._blocks():
+            if not discrete.size:
+                break
+            if self.weight is not None:
+                block = block[self.weight[start : start + READ_BLOCK] > 0]
+            cells = (block[:, discrete] - self.low[discrete]) / resolution[discrete]
+            off = np.max(np.abs(cells - np.round(cells)), axis=0, initial=0.0) > GRID_TOLERANCE
+            resolution[discrete[off]] = 0.0
+            discrete = discrete[~off]
+        return resolution
 
     def check(self, resolution: np.ndarray, feature_names: Any, estimator: str) -> None:
         """See :func:`~skffjord._start_model.check_training_rows`."""
@@ -128,8 +166,8 @@ class StreamedRows:
     def update_digest(self, digest: Any) -> None:
         """Feed every row (as checked float64) to the hash ``digest``, block by block."""
         digest.update(repr((self.n_samples, self.n_features)).encode())
-        for start in range(0, self.n_samples, READ_BLOCK):
-            digest.update(self._checked(self._rows[start : start + READ_BLOCK]).tobytes())
+        for _, block in self._blocks():
+            digest.update(block.tobytes())
 
     def check_same_on_ranks(self, ranks: Ranks, params: dict) -> None:
         """Raise unless every process was given the same rows, weights and parameters."""
@@ -148,8 +186,14 @@ class StreamedRows:
         """The rows the starting model is fitted on: the first :data:`STREAMED_FIT_ROWS`
         training rows of the fit's order, a uniform sample; their weights and indices."""
         n = min(self.n_rows - self.n_val, STREAMED_FIT_ROWS)
-        rows = np.sort(self.ids(np.arange(self.n_val, self.n_val + n)))
-        return self.take(rows), self.weights(rows), np.arange(n)
+        rows = self.ids(np.arange(self.n_val, self.n_val + n))
+        # with the training rows that hold a feature's extreme value: the map's scale and
+        # the base then cover every training row
+        extremes = np.unique(self._extremes)
+        drawn = extremes if self._ids is None else np.searchsorted(self._ids, extremes)
+        training = self.order.position(drawn) >= self.n_val
+        rows = np.union1d(rows, extremes[training])
+        return self.take(rows), self.weights(rows), np.arange(len(rows))
 
     def prepared(
         self,
@@ -176,18 +220,19 @@ class StreamedRows:
             )
         start = self.n_val + ranks.rank * share
         train = RowView(mapping, start, start + share, noise)
-        val_key = int(noise.integers(2**63))
-        val = RowView(mapping, 0, self.n_val, val_key)
+        weights = WeightView(self, start, start + share, device)
+        val_key = int(noise.integers(2**63))  # each validation row's fixed draw
         val_weight = np.concatenate(
             [self.weights(self.ids(p)) for p in _blocks(0, self.n_val)] or [np.zeros(0)]
         )
-        as_tensor = torch.as_tensor(val_weight, dtype=torch.float32, device=device)
+        val = (None, None)
+        if validate:
+            val_w = torch.as_tensor(val_weight, dtype=torch.float32, device=device)
+            val = (RowView(mapping, 0, self.n_val, val_key), val_w)
         return Prepared(
             **parts,
             generator=make_generator(probe_seed, device),
-            data=(train, WeightView(self, start, start + share, device), val, as_tensor)
-            if validate
-            else (train, WeightView(self, start, start + share, device), None, None),
+            data=(train, weights, *val),
             val_weight=val_weight,
             log_det_offset=mapping.mean_log_det(self.n_val, self.n_rows, val_key),
             val_log_det_offset=mapping.mean_log_det(0, self.n_val, val_key) if validate else None,
@@ -210,11 +255,10 @@ class _RowMap:
         self.loc = torch.as_tensor(parts["loc"])
         self.scale = torch.as_tensor(parts["scale"])
 
-    def mapped(self, positions: np.ndarray, noise: np.random.Generator | int) -> tuple:
-        """The rows at ``positions`` of the fit's order mapped (float64, on the CPU), with
-        their log-Jacobians and row numbers; ``noise``: a generator (a fresh draw) or a key
-        (each row's fixed draw)."""
-        ids = self.rows.ids(positions)
+    def mapped(self, ids: np.ndarray, noise: np.random.Generator | int) -> tuple:
+        """The rows numbered ``ids`` mapped (float64, on the CPU), with their
+        log-Jacobians; ``noise``: a generator (a fresh draw) or a key (each row's fixed
+        draw)."""
         x = self.rows.take(ids)
         if np.any(self.resolution > 0):
             if isinstance(noise, np.random.Generator):
@@ -227,13 +271,14 @@ class _RowMap:
             if self.marginal is not None:
                 x, log_det_marginal = self.marginal.cpu()(x)
                 log_det = log_det + log_det_marginal
-        return (x - self.loc) / self.scale, log_det, ids
+        return (x - self.loc) / self.scale, log_det
 
     def mean_log_det(self, start: int, stop: int, key: int) -> float:
         """The weighted mean log-Jacobian of the map over positions ``[start, stop)``."""
         total = weight = 0.0
         for positions in _blocks(start, stop):
-            _, log_det, ids = self.mapped(positions, key)
+            ids = self.rows.ids(positions)
+            log_det = self.mapped(ids, key)[1]
             w = self.rows.weights(ids)
             total += float(log_det.numpy() @ w)
             weight += float(w.sum())
@@ -256,8 +301,8 @@ class RowView:
         return self.shape[0]
 
     def __getitem__(self, index: Any) -> torch.Tensor:
-        positions = _positions(index, self.shape[0]) + self._start
-        u = self._map.mapped(positions, self._noise)[0]
+        ids = _row_ids(self._map.rows, index, self._start, self.shape[0])
+        u = self._map.mapped(ids, self._noise)[0]
         return u.to(device=self.device, dtype=torch.float32)
 
     def spread(self, n_rows: int) -> torch.Tensor:
@@ -269,7 +314,8 @@ class RowView:
         """An epoch of ``passes`` passes over the view, each in a fresh order (from
         ``rng``) when ``shuffle``."""
         keys = [int(k) for k in rng.integers(2**63, size=passes)] if shuffle else None
-        return EpochOrder(self.shape[0], passes, keys)
+        rows, start = self._map.rows, self._start
+        return EpochOrder(self.shape[0], passes, keys, lambda p: rows.ids(p + start))
 
 
 class WeightView:
@@ -280,34 +326,73 @@ class WeightView:
         self.shape = (stop - start,)
 
     def __getitem__(self, index: Any) -> torch.Tensor:
-        positions = _positions(index, self.shape[0]) + self._start
-        w = self._rows.weights(self._rows.ids(positions))
+        w = self._rows.weights(_row_ids(self._rows, index, self._start, self.shape[0]))
         return torch.as_tensor(w, dtype=torch.float32, device=self.device)
 
 
-class EpochOrder:
-    """The positions of one epoch, ``passes`` whole passes over ``n`` rows, each pass in
-    the order of its own :class:`KeyedPermutation` (or in order without ``keys``): sliced
-    like the index tensor of an in-memory epoch."""
+class RowIds:
+    """Row numbers of the fit's source, as an :class:`EpochOrder` hands a mini-batch to the
+    views (which then need not look them up)."""
 
-    def __init__(self, n: int, passes: int, keys: list[int] | None) -> None:
-        self.n, self.passes = n, passes
+    __slots__ = ("ids",)
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class EpochOrder:
+    """One epoch of ``passes`` whole passes over ``n`` positions, each pass in the order of
+    its own :class:`KeyedPermutation` (in order without ``keys``), sliced like the index
+    tensor of an in-memory epoch: a slice gives the :class:`RowIds` that ``to_ids`` maps
+    its positions to, computed :data:`READ_BLOCK` positions at a time."""
+
+    def __init__(
+        self,
+        n: int,
+        passes: int,
+        keys: list[int] | None,
+        to_ids: Callable[[np.ndarray], np.ndarray],
+    ) -> None:
+        self.n, self.passes, self._to_ids = n, passes, to_ids
         self._perms = None if keys is None else [KeyedPermutation(n, k) for k in keys]
+        self._block, self._ids = -1, np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
         return self.n * self.passes
 
-    def __getitem__(self, index: slice) -> np.ndarray:
-        k = np.arange(*index.indices(len(self)))
+    def _load(self, block: int) -> None:
+        k = np.arange(block * READ_BLOCK, min((block + 1) * READ_BLOCK, len(self)))
         within = k % self.n
-        if self._perms is None:
-            return within
-        out = np.empty_like(within)
-        which = k // self.n
-        for p in np.unique(which):
-            mask = which == p
-            out[mask] = self._perms[p](within[mask])
-        return out
+        if self._perms is not None:
+            which = k // self.n
+            for p in np.unique(which):
+                mask = which == p
+                within[mask] = self._perms[p](within[mask])
+        self._block, self._ids = block, self._to_ids(within)
+
+    def __getitem__(self, index: slice) -> RowIds:
+        start, stop, _ = index.indices(len(self))
+        parts = []
+        while start < stop:
+            block = start // READ_BLOCK
+            if block != self._block:
+                self._load(block)
+            end = min(stop, (block + 1) * READ_BLOCK)
+            offset = block * READ_BLOCK
+            parts.append(self._ids[start - offset : end - offset])
+            start = end
+        return RowIds(np.concatenate(parts) if len(parts) != 1 else parts[0])
+
+
+def _row_ids(rows: StreamedRows, index: Any, start: int, n: int) -> np.ndarray:
+    """The row numbers that ``index`` (:class:`RowIds`, a slice, or integer positions in
+    ``[0, n)``) stands for in a view starting at position ``start``."""
+    if isinstance(index, RowIds):
+        return index.ids
+    return rows.ids(_positions(index, n) + start)
 
 
 def _positions(index: Any, n: int) -> np.ndarray:
@@ -316,7 +401,10 @@ def _positions(index: Any, n: int) -> np.ndarray:
         return np.arange(*index.indices(n))
     if isinstance(index, torch.Tensor):
         index = index.cpu().numpy()
-    positions = np.asarray(index, dtype=np.int64)
+    positions = np.asarray(index)
+    if positions.dtype.kind not in "iu":
+        raise TypeError(f"rows are indexed by a slice or integers, not {positions.dtype}.")
+    positions = positions.astype(np.int64)
     if positions.size and (positions.min() < 0 or positions.max() >= n):
         raise IndexError(f"positions must lie in [0, {n}).")
     return positions

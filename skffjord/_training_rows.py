@@ -21,7 +21,7 @@ from ._bounds import fit_rows
 from ._discrete import dequantize
 from ._distributed import Ranks
 from ._flow import FFJORDFlow
-from ._start_model import check_training_rows, validation_split
+from ._start_model import check_training_rows, discrete_resolution, validation_split
 from ._utils import float64_tensor, make_generator
 
 __all__ = ["InMemoryRows", "Prepared", "detached"]
@@ -92,9 +92,10 @@ class InMemoryRows:
         self.n_features = X.shape[1]
         self.train_idx = self.val_idx = np.arange(0)
 
-    def discrete_sample(self) -> tuple[np.ndarray, np.ndarray]:
-        """The rows and weights whose grids decide the discrete features: all of them."""
-        return self.X, self.sample_weight
+    def resolution(self, option: object) -> np.ndarray:
+        """The cell width of each feature that ``discrete_features=option`` gives (see
+        :func:`~skffjord._start_model.discrete_resolution`), from every row."""
+        return discrete_resolution(option, self.X, self.sample_weight)
 
     def check(self, resolution: np.ndarray, feature_names: Any, estimator: str) -> None:
         """See :func:`~skffjord._start_model.check_training_rows`."""

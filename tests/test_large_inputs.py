@@ -67,3 +67,12 @@ def test_a_large_frame_scores_block_by_block_with_its_names(model, many_rows):
     np.testing.assert_array_equal(scores[-20:], named.score_samples(frame.iloc[-20:]))
     with pytest.raises(ValueError, match="feature names"):
         named.score_samples(frame.rename(columns={"a": "c"}))
+
+
+def test_many_samples_are_drawn_block_by_block_as_one_stream(model):
+    many = model.sample(SCORED_BLOCK + 10, random_state=3)
+    first_block = model.sample(SCORED_BLOCK, random_state=3)
+    np.testing.assert_array_equal(many[:SCORED_BLOCK], first_block)
+    assert many.shape == (SCORED_BLOCK + 10, 2) and np.isfinite(many).all()
+    # the draws after the first block are fresh ones, not the first block again
+    assert not np.isin(many[SCORED_BLOCK:, 0], first_block[:, 0]).any()

@@ -49,7 +49,22 @@ def test_bad_columns_and_missing_values_are_named(table, tmp_path):
     holes.to_parquet(tmp_path / "holes.parquet", row_group_size=20)
     with pytest.raises(ValueError, match="'x' .* missing values, the first in row 33"):
         parquet_memmap(tmp_path / "holes.parquet", out, batch_rows=8)
-    with pytest.raises(ValueError, match="floating type"):
+    with pytest.raises(ValueError, match="float32. or .float64"):
         parquet_memmap(path, out, dtype="int64")
     with pytest.raises(ValueError, match="batch_rows"):
         parquet_memmap(path, out, batch_rows=0)
+
+
+def test_a_saved_index_is_left_out_and_errors_leave_no_file(tmp_path):
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0]}, index=[5, 7, 9])
+    path = tmp_path / "indexed.parquet"
+    frame.to_parquet(path)
+    X = parquet_memmap(path, tmp_path / "indexed.npy")
+    np.testing.assert_array_equal(X, [[1.0], [2.0], [3.0]])
+    with pytest.raises(ValueError, match="the Parquet file itself"):
+        parquet_memmap(path, path)
+    assert len(pd.read_parquet(path)) == 3  # untouched
+    pd.DataFrame({"a": [1.0, None]}).to_parquet(tmp_path / "hole.parquet")
+    with pytest.raises(ValueError, match="missing values"):
+        parquet_memmap(tmp_path / "hole.parquet", tmp_path / "hole.npy")
+    assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["indexed.npy"]

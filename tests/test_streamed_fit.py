@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import skffjord._streamed_rows as streamed_rows
-from skffjord import FFJORDDensity
+from skffjord import FFJORDDensity, FFJORDOutlierDetector
 from skffjord._keyed_order import KeyedPermutation, keyed_uniforms
 from skffjord._streamed_rows import READ_BLOCK, EpochOrder
 
@@ -105,14 +105,21 @@ def test_keyed_uniforms_are_uniform_and_fixed_per_row():
 
 
 def test_an_epoch_order_is_whole_passes_in_fresh_orders():
-    order = EpochOrder(1000, 3, keys=[1, 2, 3])
-    whole = np.concatenate([order[b : b + 128] for b in range(0, len(order), 128)])
+    order = EpochOrder(1000, 3, keys=[1, 2, 3], to_ids=lambda p: p + 5)
+    whole = np.concatenate([order[b : b + 128].ids for b in range(0, len(order), 128)])
     assert len(whole) == 3000
-    passes = whole.reshape(3, 1000)
+    passes = whole.reshape(3, 1000) - 5
     for p in passes:
         np.testing.assert_array_equal(np.sort(p), np.arange(1000))
     assert not np.array_equal(passes[0], passes[1])
-    np.testing.assert_array_equal(EpochOrder(10, 2, None)[0:20], np.tile(np.arange(10), 2))
+    in_order = EpochOrder(10, 2, None, to_ids=lambda p: p)
+    np.testing.assert_array_equal(in_order[0:20].ids, np.tile(np.arange(10), 2))
+    # slices across the blocks it computes at a time
+    long = EpochOrder(READ_BLOCK + 50, 1, keys=[4], to_ids=lambda p: p)
+    across = long[READ_BLOCK - 20 : READ_BLOCK + 20].ids
+    np.testing.assert_array_equal(
+        across, KeyedPermutation(READ_BLOCK + 50, 4)(np.arange(READ_BLOCK - 20, READ_BLOCK + 20))
+    )
 
 
 # a streamed fit
@@ -218,3 +225,30 @@ def test_streamed_rows_get_the_checks_of_rows_in_memory():
     text = pd.DataFrame({"x": X[:, 0], "label": ["a"] * len(X)})
     with pytest.raises(ValueError, match=r"column\(s\) \['label'\] are not numeric"):
         _fit(text)
+
+
+def test_the_outlier_detector_streams_its_rows():
+    X = _two_moons(1000, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        detector = FFJORDOutlierDetector(**FAST, contamination=0.1, random_state=0).fit(X)
+    assert np.mean(detector.predict(X) == -1) == pytest.approx(0.1, abs=0.01)
+    assert detector.predict([[10.0, 10.0]])[0] == -1
+
+
+def test_a_grid_found_on_the_sample_is_checked_on_every_row():
+    rng = np.random.default_rng(0)
+    X = np.column_stack([2.0 * rng.integers(1, 50, 1500), rng.normal(size=1500)])
+    sampled = set(KeyedPermutation(1500, 0)(np.arange(THRESHOLD)).tolist())
+    X[next(i for i in range(1500) if i not in sampled), 0] = 1.0  # off the even grid
+    assert _fit(X).discrete_features_[0] == 0.0
+    X[X[:, 0] == 1.0, 0] = 2.0
+    np.testing.assert_array_equal(_fit(X).discrete_features_, [2.0, 0.0])
+
+
+def test_the_starting_model_sees_every_feature_s_extreme_rows():
+    X = _two_moons(1500, 0)
+    X[np.arange(0, 1500, 150), 0] *= 1e4  # ten far rows, most outside the start's sample
+    model = _fit(X, max_iter=2)
+    assert model.stop_reason_ not in ("diverged", "solver_failed")
+    assert np.isfinite(model.score_samples(X)).all()
