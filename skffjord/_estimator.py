@@ -18,11 +18,9 @@ from ._fitting import fit_flow, warn_solver_gap, warn_stop
 from ._inference import FittedFlow
 from ._model_file import ModelFileMixin
 from ._persistence import restored, stamped
-from ._sample_weight import checked_sample_weight
 from ._settings import PARAMETER_CONSTRAINTS, eval_config, kept_structure, resolve
 from ._start_model import StartModel
-from ._streamed_rows import StreamedRows, streams
-from ._training_rows import InMemoryRows
+from ._streamed_rows import streams, training_rows
 from ._utils import numeric_columns, resolve_device, spawn_seeds
 
 __all__ = ["FFJORDDensity"]
@@ -268,9 +266,8 @@ class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features)
             Training data (numeric; a pandas DataFrame records ``feature_names_in_``).
-            More than 65,536 rows (a ``numpy.memmap`` of a file larger than memory, say)
-            are read a batch at a time rather than copied, with the starting model fitted
-            on a random sample of 65,536 of them (user guide: "Data larger than memory").
+            More than 65,536 rows (a ``numpy.memmap``, say) are read a batch at a time,
+            not copied (user guide: "Data larger than memory").
         y : None
             Ignored; present for API consistency.
         sample_weight : array-like of shape (n_samples,), default=None
@@ -302,11 +299,7 @@ class FFJORDDensity(ModelFileMixin, DensityMixin, BaseEstimator):
                 f"warm_start=True but X has {X.shape[1]} features while the fitted model "
                 f"has {old_features}; refit with warm_start=False."
             )
-        if streamed:
-            weight = None if sample_weight is None else checked_sample_weight(sample_weight, X)
-            rows = StreamedRows(X, weight, name)
-        else:
-            rows = InMemoryRows(X, checked_sample_weight(sample_weight, X))
+        rows = training_rows(X, sample_weight, name, streamed)
         device = resolve_device(self.device)
         settings = resolve(self.get_params(deep=False), X.shape[1], device)
         if refit:

@@ -24,16 +24,17 @@ from ._discrete import GRID_TOLERANCE, dequantize
 from ._distributed import Ranks
 from ._flow import FFJORDFlow
 from ._keyed_order import KeyedPermutation, keyed_uniforms
+from ._sample_weight import checked_sample_weight
 from ._start_model import (
     check_row_count,
     discrete_resolution,
     refuse_constant,
     validation_count,
 )
-from ._training_rows import Prepared, detached
+from ._training_rows import InMemoryRows, Prepared, detached
 from ._utils import make_generator, numeric_columns
 
-__all__ = ["READ_BLOCK", "STREAMED_FIT_ROWS", "StreamedRows", "streams"]
+__all__ = ["READ_BLOCK", "STREAMED_FIT_ROWS", "StreamedRows", "streams", "training_rows"]
 
 #: Rows above which a fit streams its rows; the size of the sample its discrete features
 #: and starting model are fitted on.
@@ -48,6 +49,17 @@ def streams(X: Any) -> bool:
     """Whether a fit on ``X`` streams its rows (a 2-D array or frame of more than
     :data:`STREAMED_FIT_ROWS` rows)."""
     return getattr(X, "ndim", 0) == 2 and X.shape[0] > STREAMED_FIT_ROWS
+
+
+def training_rows(
+    X: Any, sample_weight: Any, estimator: str, streamed: bool
+) -> InMemoryRows | StreamedRows:
+    """The validated ``X`` (float64 unless ``streamed``, see :func:`streams`) and the
+    user's ``sample_weight`` as a fit's rows."""
+    if not streamed:
+        return InMemoryRows(X, checked_sample_weight(sample_weight, X))
+    weight = None if sample_weight is None else checked_sample_weight(sample_weight, X)
+    return StreamedRows(X, weight, estimator)
 
 
 class StreamedRows:
@@ -251,7 +263,7 @@ class _RowMap:
         self, rows: StreamedRows, parts: dict, resolution: np.ndarray, device: torch.device
     ) -> None:
         self.rows, self.resolution, self.device = rows, resolution, device
-        self.marginal = parts["marginal"]
+        self.marginal = None if parts["marginal"] is None else parts["marginal"].cpu()
         self.loc = torch.as_tensor(parts["loc"])
         self.scale = torch.as_tensor(parts["scale"])
 
@@ -269,7 +281,7 @@ class _RowMap:
         log_det = -torch.log(self.scale).sum().expand(x.shape[0])
         with torch.no_grad():
             if self.marginal is not None:
-                x, log_det_marginal = self.marginal.cpu()(x)
+                x, log_det_marginal = self.marginal(x)
                 log_det = log_det + log_det_marginal
         return (x - self.loc) / self.scale, log_det
 
